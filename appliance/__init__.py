@@ -1,0 +1,1 @@
+"""hipcad.appliance: the box (hot-folder worker, result store, kiosk)."""

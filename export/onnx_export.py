@@ -1,0 +1,178 @@
+"""Fused model -> ONNX -> checked -> model bundle (``manifest.json`` + ``model.onnx`` + self-test)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hipcad.runtime.bundle import FORMAT, MANIFEST, sha256_file
+from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
+
+from .fused import FRACTURE_CLASS, IMAGENET_MEAN, IMAGENET_STD, FusedCAMModel
+
+OPSET = 18
+CLASS_NAMES = ["no_fracture", "fracture"]
+
+
+class ExportError(HipcadError):
+    """The exported graph failed its checks."""
+
+
+def _export_onnx(fused: FusedCAMModel, path: Path, input_hw: tuple[int, int]) -> None:
+    sample = torch.zeros((2, 1, *input_hw), dtype=torch.uint8)
+    batch = torch.export.Dim("N", min=1, max=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            fused,
+            (sample,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits", "cam"],
+            dynamic_shapes={"image": {0: batch}},
+            opset_version=OPSET,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=False)
+
+
+def _torch_outputs(fused: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.inference_mode():
+        logits, cam = fused(torch.from_numpy(images))
+    return logits.numpy(), cam.numpy()
+
+
+def verify_onnx(fused: FusedCAMModel, onnx_path: Path, input_hw: tuple[int, int]) -> dict:
+    """onnx.checker, then ONNX Runtime against PyTorch on reference inputs (batch 1 and 4)."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(onnx_path), full_check=True)
+    except Exception as err:
+        raise ExportError(f"onnx.checker rejected the exported graph: {err}") from err
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    images = reference_inputs(4, input_hw, seed=1234)
+    worst_logits = worst_cam = 0.0
+    for batch in (images[:1], images):
+        ort_logits, ort_cam = session.run(["logits", "cam"], {"image": batch})
+        ref_logits, ref_cam = _torch_outputs(fused, batch)
+        if ort_logits.shape != ref_logits.shape or ort_cam.shape != ref_cam.shape:
+            raise ExportError(f"ONNX output shapes {ort_logits.shape}/{ort_cam.shape} differ from PyTorch's")
+        worst_logits = max(worst_logits, float(np.abs(ort_logits - ref_logits).max()))
+        # CAM values are small: compare relative to the map's own scale
+        scale = max(float(np.abs(ref_cam).max()), 1e-12)
+        worst_cam = max(worst_cam, float(np.abs(ort_cam - ref_cam).max()) / scale)
+    tol = TOLERANCES["fp32"]
+    if worst_logits > tol["logits"] or worst_cam > tol["cam"]:
+        raise ExportError(
+            f"ONNX Runtime disagrees with PyTorch: max |logits diff| {worst_logits:.2e} (limit {tol['logits']:.0e}), "
+            f"max relative cam diff {worst_cam:.2e} (limit {tol['cam']:.0e})"
+        )
+    return {"onnxruntime_vs_torch": {"max_abs_logits": worst_logits, "max_rel_cam": worst_cam, "inputs": 5}}
+
+
+def export_bundle(
+    model: nn.Module,
+    fused: FusedCAMModel,
+    out: str | Path,
+    *,
+    architecture: str,
+    input_hw: tuple[int, int],
+    provenance: dict,
+    trained: bool,
+    synthetic_demo: bool = False,
+    threshold: float = 0.5,
+    extra: dict | None = None,
+) -> dict:
+    """Export ``fused`` to the bundle folder ``out`` and return its manifest.
+
+    The bundle is assembled in a temporary folder beside ``out`` and renamed into place only
+    after every check passed, so a failed export never leaves a half bundle behind.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fused = fused.eval()
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    os.chmod(work, 0o755)  # mkdtemp makes it private; the worker's service user must read it
+    try:
+        onnx_path = work / "model.onnx"
+        _export_onnx(fused, onnx_path, input_hw)
+        verification = verify_onnx(fused, onnx_path, input_hw)
+        selftest_inputs = reference_inputs(2, input_hw, seed=7)
+        logits, cam = _torch_outputs(fused, selftest_inputs)
+        np.savez_compressed(work / SELFTEST_FILE, image=selftest_inputs, logits=logits, cam=cam)
+        cam_hw = list(cam.shape[1:])
+        manifest = {
+            "format": FORMAT,
+            "name": out.name,
+            "architecture": architecture,
+            "input": {
+                "name": "image",
+                "dtype": "uint8",
+                "shape": ["N", 1, *input_hw],
+                "layout": "grayscale half-image; patient right and left hip, batch of 2 per radiograph",
+                "normalisation": {"in_graph": True, "expand_channels": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                  "scale": "1/255", "source": "fastai imagenet_stats"},
+            },
+            "outputs": {
+                "logits": {"dtype": "float32", "shape": ["N", 2]},
+                "cam": {"dtype": "float32", "shape": ["N", *cam_hw]},
+            },
+            "class_names": CLASS_NAMES,
+            "operating_points": {"default": {"threshold": threshold, "description": "probability of fracture >= threshold"}},
+            "operating_point": "default",
+            "cam": {
+                "method": "Grad-CAM",
+                "target_class": FRACTURE_CLASS,
+                "target_layer": "last activation before global pooling (timm: bn2, after SiLU)",
+                "computation": "closed form for avg-pool + linear head: ReLU(sum_k W[1,k] A_k) / (h*w), in the forward pass",
+                "normalised": False,
+                "reference": "pytorch-grad-cam GradCAM with ClassifierOutputTarget(1) at the same layer",
+            },
+            "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx_path), "opset": OPSET},
+            "selftest": {"file": SELFTEST_FILE, "inputs": int(selftest_inputs.shape[0])},
+            "trained": trained,
+            "synthetic_demo": synthetic_demo,
+            "clinical_use": False if (synthetic_demo or not trained) else None,
+            "verification": verification,
+            "provenance": {
+                **provenance,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+                "timm": _version("timm"),
+                "onnx": _version("onnx"),
+                "python": platform.python_version(),
+            },
+            **(extra or {}),
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
