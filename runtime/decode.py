@@ -84,7 +84,9 @@ def decode_raster(path: Path, kind: str, limits: DecodeLimits, min_side: int | N
     except InputTooLargeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputTooLargeError(f"{kind.upper()} declares too many pixels: {err}") from err
+        raise InputTooLargeError(
+            f"{kind.upper()} declares an image beyond the limit of {limits.max_pixels / 1e6:.0f} megapixels ({err})"
+        ) from err
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's ways of saying corrupt/truncated
         raise BadInputError(f"cannot decode {kind.upper()}: {err}") from err
     if pixels.dtype != np.uint8:

@@ -71,3 +71,36 @@ def pelvis_like(rows: int = 700, cols: int = 1000, centre: float = 0.5, seed: in
     img += 80 * np.exp(-(((xx - mid) / (0.15 * cols)) ** 2 + ((yy - 0.3 * rows) / (0.12 * rows)) ** 2))
     return np.clip(img, 0, 255).astype(np.uint8)
 
+
+
+def write_dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
+    """An uncompressed Digital X-Ray DICOM (explicit VR little endian) with ``tags`` set."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+    from pydicom import Dataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    ds.PatientName = "PHANTOM^TEST"
+    ds.PatientID = "SYN0"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Everything installs from this repo's files.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DEMO   ?= .cache/demo
+# torch: the pinned release that lies on this workplace's disk (pip's constraint file points there)
+TORCH  := torch==2.14.1 torchvision==0.29.1
+# Debian packages the tests drive as real peers (DICOM encoders/decoders)
+APT_PACKAGES := dcmtk libgdcm-tools
+
+.PHONY: setup system-deps demo test clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: setup
+	$(VENV)/bin/hipcad synth --out $(DEMO)/radiographs --count 6 --seed 1
+	@test -f $(DEMO)/model/manifest.json || $(VENV)/bin/hipcad export --random-init --seed 0 --out $(DEMO)/model
+	$(VENV)/bin/hipcad predict $(DEMO)/radiographs --model $(DEMO)/model --out $(DEMO)/results
+
+test: setup system-deps
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info
