@@ -5,8 +5,8 @@ PIP    := $(PY) -m pip
 DEMO   ?= .cache/demo
 # torch: the pinned release that lies on this workplace's disk (pip's constraint file points there)
 TORCH  := torch==2.14.1 torchvision==0.29.1
-# Debian packages the tests drive as real peers (DICOM encoders/decoders)
-APT_PACKAGES := dcmtk libgdcm-tools
+# Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
+APT_PACKAGES := dcmtk libgdcm-tools chromium
 
 .PHONY: setup system-deps demo test clean
 

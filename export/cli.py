@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
     parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on the fracture probability")
     parser.add_argument("--synthetic-demo", action="store_true", help="mark the weights as trained on synthetic phantoms")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="leave out model.pt2 (the PyTorch program used by --backend torch and hipcad parity)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = parser.parse_args(argv)
     if bool(args.checkpoint) == bool(args.random_init):
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export_bundle(
             model, fuse_timm(model), args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
             trained=not args.random_init, synthetic_demo=args.synthetic_demo, threshold=args.threshold,
+            with_torch=not args.no_torch,
         )
     except HipcadError as err:
         print(f"hipcad export: {err}", file=sys.stderr)

@@ -22,6 +22,7 @@ from hipcad.runtime.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
 from .fused import FRACTURE_CLASS, IMAGENET_MEAN, IMAGENET_STD, FusedCAMModel
 
 OPSET = 18
+TORCH_FILE = "model.pt2"
 CLASS_NAMES = ["no_fracture", "fracture"]
 
 
@@ -29,24 +30,41 @@ class ExportError(HipcadError):
     """The exported graph failed its checks."""
 
 
-def _export_onnx(fused: FusedCAMModel, path: Path, input_hw: tuple[int, int]) -> None:
+def _export_graphs(fused: FusedCAMModel, work: Path, input_hw: tuple[int, int], with_torch: bool) -> None:
+    """torch.export once (dynamic batch), then ONNX from that program; optionally keep the
+    program itself as ``model.pt2`` for the PyTorch backend (parity reference, CUDA FP16)."""
     sample = torch.zeros((2, 1, *input_hw), dtype=torch.uint8)
     batch = torch.export.Dim("N", min=1, max=1024)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            fused,
+        program = torch.export.export(fused, (sample,), dynamic_shapes={"image": {0: batch}})
+        onnx_program = torch.onnx.export(
+            program,
             (sample,),
             dynamo=True,
             input_names=["image"],
             output_names=["logits", "cam"],
-            dynamic_shapes={"image": {0: batch}},
             opset_version=OPSET,
             external_data=False,
             optimize=True,
             verbose=False,
         )
-    program.save(str(path), external_data=False)
+    onnx_program.save(str(work / "model.onnx"), external_data=False)
+    _name_batch_dim(work / "model.onnx")
+    if with_torch:
+        torch.export.save(program, work / TORCH_FILE)
+
+
+def _name_batch_dim(path: Path) -> None:
+    """Call the dynamic batch dimension of the graph's inputs and outputs "N"."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for value in (*model.graph.input, *model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        if dim.dim_param:
+            dim.dim_param = "N"
+    onnx.save(model, str(path))
 
 
 def _torch_outputs(fused: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +115,7 @@ def export_bundle(
     synthetic_demo: bool = False,
     threshold: float = 0.5,
     extra: dict | None = None,
+    with_torch: bool = True,
 ) -> dict:
     """Export ``fused`` to the bundle folder ``out`` and return its manifest.
 
@@ -110,7 +129,7 @@ def export_bundle(
     os.chmod(work, 0o755)  # mkdtemp makes it private; the worker's service user must read it
     try:
         onnx_path = work / "model.onnx"
-        _export_onnx(fused, onnx_path, input_hw)
+        _export_graphs(fused, work, input_hw, with_torch)
         verification = verify_onnx(fused, onnx_path, input_hw)
         selftest_inputs = reference_inputs(2, input_hw, seed=7)
         logits, cam = _torch_outputs(fused, selftest_inputs)
@@ -145,6 +164,8 @@ def export_bundle(
             },
             "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx_path), "opset": OPSET},
             "selftest": {"file": SELFTEST_FILE, "inputs": int(selftest_inputs.shape[0])},
+            **({"torch": {"file": TORCH_FILE, "sha256": sha256_file(work / TORCH_FILE),
+                          "format": "torch.export ExportedProgram"}} if with_torch else {}),
             "trained": trained,
             "synthetic_demo": synthetic_demo,
             "clinical_use": False if (synthetic_demo or not trained) else None,

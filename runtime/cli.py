@@ -19,8 +19,10 @@ from .errors import HipcadError
 # name -> ("module:function", one-line help)
 COMMANDS = {
     "export": ("hipcad.export.cli:main", "checkpoint (or --random-init) -> model bundle (ONNX with fused Grad-CAM)"),
+    "build-engine": ("hipcad.runtime.engine_build:build_engine_main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
     "predict": ("hipcad.runtime.cli:predict_main", "read radiographs: verdict per hip, heatmap overlay, timings"),
     "synth": ("hipcad.runtime.synth:synth_main", "write synthetic AP pelvis phantoms with fracture labels"),
+    "parity": ("hipcad.runtime.parity:parity_main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
 }
 EXTRA_FOR = {"torch": "export", "timm": "export", "onnx": "export", "flask": "appliance", "watchdog": "appliance"}
 

@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 BACKENDS = {
     "tensorrt": "hipcad.runtime.backends.tensorrt:TensorRTBackend",
     "onnxruntime": "hipcad.runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "torch": "hipcad.runtime.backends.pytorch:TorchBackend",
 }
 # --backend auto: the fastest first
 AUTO_ORDER = ("tensorrt", "onnxruntime")
@@ -44,6 +45,8 @@ def open_backend(name: str, bundle, selftest: bool = True, **options) -> Backend
         cls = backend_class(candidate)
         ok, why = cls.availability()
         if not ok:
+            if name != "auto":
+                cls.require_available()  # raises, naming the backend and what to install
             reasons.append(f"{candidate}: {why}")
             continue
         backend = cls(bundle, **options)
