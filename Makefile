@@ -8,7 +8,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
 APT_PACKAGES := dcmtk libgdcm-tools chromium
 
-.PHONY: setup system-deps demo test clean
+.PHONY: setup system-deps demo test gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: setup
 
 test: setup system-deps
 	$(PY) -m pytest
+
+# On a machine with an NVIDIA GPU and PyTorch: one command, well under ten minutes.
+gpu-check: setup
+	@test -f .cache/gpu/b4/manifest.json || $(VENV)/bin/hipcad export --random-init --seed 0 --out .cache/gpu/b4
+	$(VENV)/bin/hipcad gpu-check .cache/gpu/b4
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -22,6 +22,7 @@ COMMANDS = {
     "build-engine": ("hipcad.runtime.engine_build:build_engine_main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
     "predict": ("hipcad.runtime.cli:predict_main", "read radiographs: verdict per hip, heatmap overlay, timings"),
     "synth": ("hipcad.runtime.synth:synth_main", "write synthetic AP pelvis phantoms with fracture labels"),
+    "gpu-check": ("hipcad.runtime.gpu_check:gpu_check_main", "on an NVIDIA GPU: FP16 latency, FP16/FP32 parity, TensorRT build"),
     "parity": ("hipcad.runtime.parity:parity_main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
 }
 EXTRA_FOR = {"torch": "export", "timm": "export", "onnx": "export", "flask": "appliance", "watchdog": "appliance"}

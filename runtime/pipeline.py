@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from .errors import HipcadError
 from .limits import DEFAULT_LIMITS, DecodeLimits
 from .overlay import MAX_SIDE, render, save_atomic
 from .postprocess import side_results
-from .preprocess import prepare
+from .preprocess import Prepared, prepare
 from .radiograph import Radiograph
 
 log = logging.getLogger(__name__)
@@ -78,29 +80,57 @@ class Pipeline:
     def decode(self, path: str | Path) -> Radiograph:
         return decode(path, self.limits, min_side=self.min_decode_side)
 
-    def run(self, path: str | Path, overlay_path: Path | None = None) -> Result:
-        result = Result(input=str(path), model=self.model_info)
+    def load(self, path: str | Path) -> "Loaded":
+        """Decode and split one radiograph (the part that can run ahead of inference)."""
+        loaded = Loaded(Result(input=str(path), model=self.model_info))
         start = time.perf_counter()
+        timings = loaded.result.timings_ms
         try:
-            self._run(path, overlay_path, result, start)
-            result.ok = True
-        except HipcadError as err:
-            result.error = str(err)
-        except Exception as err:  # a bug, not bad input: report it without a traceback
-            log.debug("internal error", exc_info=True)
-            result.error = f"internal error ({type(err).__name__}): {err}"
-        result.timings_ms["total"] = _ms(start)
+            loaded.radiograph = self.decode(path)
+            timings["decode"], t = _ms(start), time.perf_counter()
+            loaded.result.patient = loaded.radiograph.patient
+            loaded.result.warnings.extend(loaded.radiograph.warnings)
+            loaded.prepared = prepare(loaded.radiograph, self.bundle.input_hw)
+            loaded.result.warnings.extend(loaded.prepared.notes)
+            timings["preprocess"] = _ms(t)
+        except Exception as err:
+            loaded.result.error = _describe(err)
+        loaded.seconds = time.perf_counter() - start
+        return loaded
+
+    def complete(self, loaded: "Loaded", overlay_path: Path | None = None) -> Result:
+        """Inference, verdicts and overlay for a loaded radiograph."""
+        result = loaded.result
+        start = time.perf_counter()
+        if result.error is None:
+            try:
+                self._infer(loaded, overlay_path)
+                result.ok = True
+            except Exception as err:
+                result.error = _describe(err)
+        result.timings_ms["total"] = round((loaded.seconds + time.perf_counter() - start) * 1000.0, 1)
         return result
 
-    def _run(self, path, overlay_path, result: Result, start: float) -> None:
-        t = start
-        radiograph = self.decode(path)
-        result.timings_ms["decode"], t = _ms(t), time.perf_counter()
-        result.patient = radiograph.patient
-        result.warnings.extend(radiograph.warnings)
-        prepared = prepare(radiograph, self.bundle.input_hw)
-        result.warnings.extend(prepared.notes)
-        result.timings_ms["preprocess"], t = _ms(t), time.perf_counter()
+    def run(self, path: str | Path, overlay_path: Path | None = None) -> Result:
+        return self.complete(self.load(path), overlay_path)
+
+    def run_many(self, jobs: Iterable[tuple[str | Path, Path | None]]) -> Iterator[Result]:
+        """Results for (path, overlay_path) jobs in order, decoding the next radiograph on a second
+        thread while the current one is inferred (the GIL is released in both)."""
+        jobs = iter(jobs)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hipcad-decode") as pool:
+            pending = None
+            for path, overlay in jobs:
+                future = pool.submit(self.load, path)
+                if pending is not None:
+                    yield self.complete(pending[0].result(), pending[1])
+                pending = (future, overlay)
+            if pending is not None:
+                yield self.complete(pending[0].result(), pending[1])
+
+    def _infer(self, loaded: "Loaded", overlay_path: Path | None) -> None:
+        result, radiograph, prepared = loaded.result, loaded.radiograph, loaded.prepared
+        t = time.perf_counter()
         logits, cam = self.backend.infer(prepared.batch)
         result.timings_ms["inference"], t = _ms(t), time.perf_counter()
         result.sides = side_results(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale)
@@ -126,6 +156,22 @@ class Pipeline:
         if self.bundle.synthetic_demo:
             return "SYNTHETIC DEMO MODEL (trained on phantoms) - NOT FOR CLINICAL USE"
         return None
+
+
+@dataclass
+class Loaded:
+    result: Result
+    radiograph: Radiograph | None = None
+    prepared: Prepared | None = None
+    seconds: float = 0.0
+
+
+def _describe(err: Exception) -> str:
+    """The user-facing message: a HipcadError's own words; anything else is a bug, said without a traceback."""
+    if isinstance(err, HipcadError):
+        return str(err)
+    log.debug("internal error", exc_info=err)
+    return f"internal error ({type(err).__name__}): {err}"
 
 
 def _ms(since: float) -> float:
