@@ -22,9 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         "Grad-CAM heatmap out, in one forward pass) + manifest.json + self-test data. The graph is checked with "
         "onnx.checker and against PyTorch with ONNX Runtime before the bundle is written.",
     )
-    parser.add_argument("checkpoint", nargs="?", help="timm state_dict, or a torch.save'd dict with one under 'model' or 'state_dict'")
+    parser.add_argument("checkpoint", nargs="?", help="timm or efficientnet_pytorch EfficientNet state_dict, or a fastai "
+                        "Learner.save file / torch.save'd dict holding one under 'model' or 'state_dict'")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write (replaced if present)")
-    parser.add_argument("--arch", default="efficientnet_b4", help="timm architecture (default: efficientnet_b4)")
+    parser.add_argument("--arch", default="efficientnet_b4",
+                        help="timm architecture (default: efficientnet_b4; efficientnet_pytorch weights go into its tf_ twin)")
     parser.add_argument("--input-size", type=int, metavar="PX", help="square input size (default: the architecture's, 380 for B4)")
     parser.add_argument("--random-init", action="store_true", help="no checkpoint: random weights (UNTRAINED, for tests and benchmarks)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
@@ -36,26 +38,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.checkpoint) == bool(args.random_init):
         parser.error("give a CHECKPOINT or --random-init (exactly one)")
-    size = args.input_size or DEFAULT_SIZES.get(args.arch, 380)
+    size = args.input_size or DEFAULT_SIZES.get(args.arch.removeprefix("tf_"), 380)
 
-    from .checkpoint import load_timm, random_init, read_state_dict
+    from .checkpoint import import_checkpoint, random_init
     from .fused import fuse_timm
     from .onnx_export import export_bundle
 
     start = time.perf_counter()
     try:
         if args.random_init:
-            model = random_init(args.arch, args.seed)
+            fused, architecture, head = fuse_timm(random_init(args.arch, args.seed)), args.arch, "pool-linear"
             provenance = {"source": "random-init", "seed": args.seed}
         else:
-            model = load_timm(args.arch, read_state_dict(args.checkpoint))
+            imported = import_checkpoint(args.checkpoint, args.arch)
+            fused, architecture = imported.fused, imported.architecture
+            head = "fastai-concat-pool" if imported.kind == "fastai" else "pool-linear"
             provenance = {"source": "checkpoint", "checkpoint": Path(args.checkpoint).name,
-                          "checkpoint_sha256": sha256_file(Path(args.checkpoint)), "format": "timm"}
+                          "checkpoint_sha256": sha256_file(Path(args.checkpoint)), "format": imported.kind,
+                          "notes": imported.notes}
         provenance["command"] = "hipcad export " + " ".join(argv if argv is not None else sys.argv[2:])
         manifest = export_bundle(
-            model, fuse_timm(model), args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
+            fused, args.out, architecture=architecture, input_hw=(size, size), provenance=provenance,
             trained=not args.random_init, synthetic_demo=args.synthetic_demo, threshold=args.threshold,
-            with_torch=not args.no_torch,
+            with_torch=not args.no_torch, head=head,
         )
     except HipcadError as err:
         print(f"hipcad export: {err}", file=sys.stderr)

@@ -67,6 +67,16 @@ def _name_batch_dim(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def count_flops(fused: nn.Module, input_hw: tuple[int, int]) -> int:
+    """Floating-point operations of one forward pass on one half-image (a multiply-add = 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        fused(torch.zeros((1, 1, *input_hw), dtype=torch.uint8))
+    return int(counter.get_total_flops())
+
+
 def _torch_outputs(fused: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode():
         logits, cam = fused(torch.from_numpy(images))
@@ -103,8 +113,14 @@ def verify_onnx(fused: FusedCAMModel, onnx_path: Path, input_hw: tuple[int, int]
     return {"onnxruntime_vs_torch": {"max_abs_logits": worst_logits, "max_rel_cam": worst_cam, "inputs": 5}}
 
 
+CAM_COMPUTATION = {
+    "pool-linear": "closed form for avg-pool + linear head: ReLU(sum_k W[1,k] A_k) / (h*w), in the forward pass",
+    "fastai-concat-pool": "fastai concat-pool head: alpha_k = (g_max_k + g_avg_k) / (h*w) with the head's gradient "
+    "g = s1 * W1^T([u>0] * s2 * w2[1]) written out as forward ops; ReLU(sum_k alpha_k A_k)",
+}
+
+
 def export_bundle(
-    model: nn.Module,
     fused: FusedCAMModel,
     out: str | Path,
     *,
@@ -116,6 +132,7 @@ def export_bundle(
     threshold: float = 0.5,
     extra: dict | None = None,
     with_torch: bool = True,
+    head: str = "pool-linear",
 ) -> dict:
     """Export ``fused`` to the bundle folder ``out`` and return its manifest.
 
@@ -151,6 +168,7 @@ def export_bundle(
                 "logits": {"dtype": "float32", "shape": ["N", 2]},
                 "cam": {"dtype": "float32", "shape": ["N", *cam_hw]},
             },
+            "compute": {"flops_per_input": count_flops(fused, input_hw), "counted_with": "torch.utils.flop_counter"},
             "class_names": CLASS_NAMES,
             "operating_points": {"default": {"threshold": threshold, "description": "probability of fracture >= threshold"}},
             "operating_point": "default",
@@ -158,7 +176,8 @@ def export_bundle(
                 "method": "Grad-CAM",
                 "target_class": FRACTURE_CLASS,
                 "target_layer": "last activation before global pooling (timm: bn2, after SiLU)",
-                "computation": "closed form for avg-pool + linear head: ReLU(sum_k W[1,k] A_k) / (h*w), in the forward pass",
+                "head": head,
+                "computation": CAM_COMPUTATION[head],
                 "normalised": False,
                 "reference": "pytorch-grad-cam GradCAM with ClassifierOutputTarget(1) at the same layer",
             },

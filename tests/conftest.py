@@ -19,9 +19,43 @@ def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+# the seeds of reference_inputs() used by the export's verification (1234) and self-test (7) and by tests
+CALIBRATION_SEEDS = (1234, 7, 8, 21, 2024, 11, 99)
+
+
+def calibrate_batchnorm(model, input_hw, normalise: bool = True):
+    """Give a randomly initialised network a trained network's BatchNorm statistics, measured on
+    radiograph-like inputs. Without this its activations collapse and every input gets the same
+    logits, which would make any parity check vacuous. A random deep net is chaotic (activations
+    explode on inputs unlike the calibration set), so the statistics are averaged over the
+    reference-input seeds that the export's checks and these tests use."""
+    import torch
+
+    from hipcad.export.fused import GrayToNormalized
+    from hipcad.runtime.selftest import reference_inputs
+
+    batches = [GrayToNormalized()(torch.from_numpy(reference_inputs(4, input_hw, seed=seed)))
+               for seed in CALIBRATION_SEEDS]
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+            if name.endswith(("bn3", "_bn2")):  # residual branches' last BN (timm, efficientnet_pytorch)
+                with torch.no_grad():
+                    m.weight.mul_(0.1)  # near-identity residual blocks, as trained nets start (zero-init)
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+        for m in model.modules():  # a near-constant channel would amplify float rounding hundredfold
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_var.clamp_(min=float(m.running_var.median()) * 0.1)
+    return model.eval()
+
+
 def trained_like_b4_state_dict(seed: int = 0) -> dict:
-    """A timm EfficientNet-B4 state_dict whose classifier gives logits of a trained model's
-    magnitude (a random init gives logits ~0, which would make parity checks vacuous)."""
+    """A timm EfficientNet-B4 state_dict that behaves like a trained one: calibrated BatchNorm and
+    a classifier giving logits of a trained model's magnitude, different for different inputs."""
     import timm
     import torch
 
@@ -30,7 +64,7 @@ def trained_like_b4_state_dict(seed: int = 0) -> dict:
     with torch.no_grad():
         model.classifier.weight.normal_(0.0, 0.05)
         model.classifier.bias.copy_(torch.tensor([0.3, -0.3]))
-    return model.state_dict()
+    return calibrate_batchnorm(model, (380, 380)).state_dict()
 
 
 @pytest.fixture(scope="session")

@@ -67,9 +67,9 @@ def test_onnxruntime_logits_equal_pytorch(b4_model, eight_inputs, ort_outputs):
     with torch.inference_mode():
         ref_logits, ref_cam = fuse_timm(b4_model)(torch.from_numpy(eight_inputs))
     logits, cam = ort_outputs
-    assert np.abs(ref_logits.numpy()).max() > 0.1, "logits too small for a meaningful comparison"
+    assert np.ptp(ref_logits.numpy()[:, 1]) > 1e-2, "logits must differ between inputs for the check to mean anything"
     assert np.abs(logits - ref_logits.numpy()).max() <= 1e-4
-    assert np.abs(cam - ref_cam.numpy()).max() <= 1e-4 * np.abs(ref_cam.numpy()).max()
+    assert np.abs(cam - ref_cam.numpy()).max() <= 1e-3 * np.abs(ref_cam.numpy()).max()
 
 
 def test_cam_equals_pytorch_grad_cam(b4_model, eight_inputs, ort_outputs):
