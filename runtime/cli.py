@@ -23,9 +23,14 @@ COMMANDS = {
     "predict": ("hipcad.runtime.cli:predict_main", "read radiographs: verdict per hip, heatmap overlay, timings"),
     "synth": ("hipcad.runtime.synth:synth_main", "write synthetic AP pelvis phantoms with fracture labels"),
     "gpu-check": ("hipcad.runtime.gpu_check:gpu_check_main", "on an NVIDIA GPU: FP16 latency, FP16/FP32 parity, TensorRT build"),
+    "reader-study": ("hipcad.runtime.reader_study:reader_study_main", "read-first answers -> reader accuracy before/after the CAD, Wilcoxon and Fisher tests"),
+    "worker": ("hipcad.appliance.worker:main", "watch a hot folder: durable queue, one inference thread, result store (systemd notify)"),
+    "kiosk": ("hipcad.appliance.kiosk:main", "results screen, JSON API and /metrics over the result store (waitress; auth off loopback)"),
+    "demo": ("hipcad.appliance.demo:main", "worker + kiosk on the demo model with a temporary hot folder and sample radiographs"),
     "parity": ("hipcad.runtime.parity:parity_main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
 }
-EXTRA_FOR = {"torch": "export", "timm": "export", "onnx": "export", "flask": "appliance", "watchdog": "appliance"}
+EXTRA_FOR = {"torch": "export", "timm": "export", "onnx": "export", "flask": "appliance", "watchdog": "appliance",
+             "waitress": "appliance"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,138 @@
+"""The appliance's configuration: one flat TOML file, every key also settable from the environment.
+
+Precedence: built-in defaults < the TOML file (``--config FILE``) < environment variables named
+``HIPCAD_<KEY>`` (upper case), so a systemd unit can override a key with an ``Environment=`` line.
+Every key is documented in ``systemd/hipcad.toml.example``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hipcad.runtime.errors import HipcadError
+
+ENV_PREFIX = "HIPCAD_"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ConfigError(HipcadError):
+    """The configuration is missing a key, has a bad value, or is unsafe."""
+
+
+@dataclass
+class Config:
+    # -- worker -----------------------------------------------------------------------------
+    hot_folder: Path = Path("/var/lib/hipcad/hot")
+    data_dir: Path = Path("/var/lib/hipcad/data")
+    model: str = ""  # model bundle folder; empty = the bundled demo model
+    backend: str = "auto"  # auto | onnxruntime | tensorrt
+    polling: bool = False  # PollingObserver instead of inotify (network shares)
+    poll_interval_s: float = 2.0
+    rescan_interval_s: float = 60.0
+    settle_s: float = 1.0  # a file's size and mtime must stay unchanged this long
+    min_free_mb: int = 500
+    retention_days: float = 30.0  # 0 keeps everything
+    max_attempts: int = 3  # worker deaths while reading one file before it is quarantined
+    watchdog_stale_s: float = 20.0  # no WATCHDOG=1 when a thread's heartbeat is older
+    truth_labels: str = ""  # a dataset folder (labels.csv) giving the truth per file name, for reader studies
+    log_level: str = "INFO"
+    # -- kiosk ------------------------------------------------------------------------------
+    kiosk_bind: str = "127.0.0.1"
+    kiosk_port: int = 8080
+    kiosk_user: str = "doctor"
+    kiosk_password_hash: str = ""  # werkzeug hash; `hipcad kiosk --hash-password`
+    kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/kiosk.secret
+    kiosk_threads: int = 4
+    heartbeat_stale_s: float = 30.0
+    read_first: bool = False
+    history_size: int = 50
+    #: where the config came from (not a key)
+    source: str = field(default="defaults", compare=False)
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hipcad.sqlite3"
+
+    @property
+    def needs_auth(self) -> bool:
+        return self.kiosk_bind not in LOOPBACK or bool(self.kiosk_password_hash)
+
+    def validate(self) -> "Config":
+        if self.backend not in ("auto", "onnxruntime", "tensorrt"):
+            raise ConfigError(f"backend must be auto, onnxruntime or tensorrt, not {self.backend!r}")
+        for name in ("poll_interval_s", "rescan_interval_s", "heartbeat_stale_s", "watchdog_stale_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.settle_s < 0 or self.min_free_mb < 0 or self.retention_days < 0:
+            raise ConfigError("settle_s, min_free_mb and retention_days must not be negative")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:
+            raise ConfigError(f"kiosk_port {self.kiosk_port} is not a port number")
+        if self.hot_folder.resolve() == self.data_dir.resolve():
+            raise ConfigError("hot_folder and data_dir must be different folders")
+        return self
+
+
+KEYS = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+
+
+def _convert(name: str, value, origin: str):
+    kind = KEYS[name].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("not an integer")
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("not a number")
+            return float(value)
+        if kind == "Path":
+            return Path(str(value)).expanduser()
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{origin}: bad value for {name}: {err}") from None
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict | None = None, **overrides) -> Config:
+    """Defaults, then the TOML file, then ``HIPCAD_*`` variables, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    sources = ["defaults"]
+    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
+        path = environ[ENV_PREFIX + "CONFIG"]
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config {path} is not valid TOML: {err}") from err
+        unknown = sorted(set(data) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"config {path}: unknown key(s) {', '.join(unknown)}")
+        values.update({k: _convert(k, v, str(path)) for k, v in data.items()})
+        sources.append(str(path))
+    for name in KEYS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            values[name] = _convert(name, environ[env_name], env_name)
+            sources.append(env_name)
+    values.update({k: _convert(k, v, "override") for k, v in overrides.items()})
+    return Config(**values, source=", ".join(sources)).validate()

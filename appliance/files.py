@@ -1,0 +1,128 @@
+"""Durable file operations and the data folder's layout.
+
+Every name under the data folder comes from a content hash or a store id, never from a DICOM
+value or the name a file arrived with::
+
+    data/incoming/<sha256>              spooled input, queued or being read
+    data/processed/<sha256>             input whose result is durable
+    data/quarantine/<sha256>            input that could not be read
+    data/quarantine/<sha256>.reason.txt why
+    data/results/<id>.json              the result (no patient identity)
+    data/results/<id>.overlay.png       radiograph + heatmap + verdicts
+    data/results/<id>.image.png         the radiograph alone (read-first mode shows this)
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def move_durable(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` and make both folders durable. Within one filesystem this is one
+    ``os.replace``; across filesystems (a hot folder on a network share) a fsynced copy that is
+    renamed into place, then the source is removed."""
+    try:
+        os.replace(src, dst)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        tmp = dst.with_name(f"{TMP_PREFIX}{dst.name}")
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+        os.unlink(src)
+    else:
+        fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class DataDir:
+    """The folders under ``data_dir`` and the file names inside them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / "incoming"
+        self.processed = self.root / "processed"
+        self.quarantine = self.root / "quarantine"
+        self.results = self.root / "results"
+
+    def create(self) -> "DataDir":
+        for folder in (self.root, self.incoming, self.processed, self.quarantine, self.results):
+            folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return self
+
+    def spool(self, sha: str) -> Path:
+        if not SHA256_RE.match(sha):
+            raise ValueError("not a sha256")
+        return self.incoming / sha
+
+    def result_json(self, item_id: int) -> Path:
+        return self.results / f"{int(item_id)}.json"
+
+    def overlay(self, item_id: int) -> Path:
+        return self.results / f"{int(item_id)}.overlay.png"
+
+    def image(self, item_id: int) -> Path:
+        return self.results / f"{int(item_id)}.image.png"
+
+    def result_files(self, item_id: int) -> tuple[Path, Path, Path]:
+        return self.result_json(item_id), self.overlay(item_id), self.image(item_id)
+
+    def remove_temporaries(self) -> int:
+        """Delete half-written files a killed worker left behind (ours and the overlay writer's)."""
+        count = 0
+        for folder in (self.results, self.incoming, self.processed, self.quarantine):
+            for path in folder.iterdir():
+                if path.name.startswith(".") and path.is_file():
+                    path.unlink()
+                    count += 1
+        return count

@@ -1,0 +1,191 @@
+"""Shared helpers and fixtures for the appliance tests (import them explicitly)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+HIPCAD = VENV_BIN / "hipcad"
+
+
+# Session fixtures imported into several test modules are instantiated once per module; this
+# cache makes each of them once per run.
+_ONCE: dict[str, object] = {}
+
+
+def _once(key: str, make):
+    if key not in _ONCE:
+        _ONCE[key] = make()
+    return _ONCE[key]
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory) -> Path:
+    """A small, fast untrained bundle (EfficientNet-B0 at 128x128), exported once per run."""
+    return _once("bundle", lambda: _export_small_bundle(tmp_path_factory.mktemp("appliance-bundle") / "b0"))
+
+
+def _export_small_bundle(out: Path) -> Path:
+    proc = subprocess.run([str(HIPCAD), "export", "--random-init", "--seed", "0", "--arch", "efficientnet_b0",
+                           "--input-size", "128", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def radiographs(tmp_path_factory) -> list[Path]:
+    """50 small synthetic AP pelvis radiographs, DICOM (several transfer syntaxes) and JPEG."""
+    from hipcad.runtime.synth import generate
+
+    def make() -> list[Path]:
+        records = generate(tmp_path_factory.mktemp("radiographs"), 50, seed=7, size=(640, 480), formats="dicom,jpeg",
+                           progress=False)
+        return [r.path for r in records]
+
+    return _once("radiographs", make)
+
+
+def write_config(tmp_path: Path, bundle: Path, **extra) -> Path:
+    """A worker/kiosk config for a test: hot folder and data folder under ``tmp_path``."""
+    values = {
+        "hot_folder": str(tmp_path / "hot"),
+        "data_dir": str(tmp_path / "data"),
+        "model": str(bundle),
+        "backend": "onnxruntime",
+        "settle_s": 0.5,
+        "rescan_interval_s": 2.0,
+        "min_free_mb": 1,
+        "kiosk_secret_key": "test-secret",
+        **extra,
+    }
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f"{key} = {json.dumps(str(value))}")
+    path = tmp_path / "hipcad.toml"
+    path.write_text("\n".join(lines) + "\n")
+    (tmp_path / "hot").mkdir(exist_ok=True)
+    return path
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """``hipcad worker`` as a real subprocess; its log accumulates across restarts."""
+
+    def __init__(self, config: Path, env: dict | None = None) -> None:
+        self.config = config
+        self.log = config.parent / "worker.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "hipcad.appliance.worker", "--config", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+def drop(src: Path, hot: Path, name: str | None = None, chunks: int = 1, pause: float = 0.0) -> Path:
+    """Copy ``src`` into the hot folder as a modality would: at once, or in ``chunks`` writes
+    ``pause`` seconds apart with the file held open (a slow network copy)."""
+    dst = hot / (name or src.name)
+    data = src.read_bytes()
+    if chunks <= 1:
+        shutil.copyfile(src, dst)
+        return dst
+    step = -(-len(data) // chunks)
+    with open(dst, "wb") as fh:
+        for i in range(0, len(data), step):
+            fh.write(data[i:i + step])
+            fh.flush()
+            time.sleep(pause)
+    return dst
+
+
+def store_counts(config_path: Path) -> dict:
+    from hipcad.appliance.config import load_config
+    from hipcad.appliance.store import Store
+
+    config = load_config(config_path, environ={})
+    if not config.db_path.exists():
+        return {"queued": 0, "processing": 0, "done": 0, "failed": 0}
+    store = Store(config.db_path)
+    try:
+        return store.status_counts()
+    finally:
+        store.close()
+
+
+def finished(config_path: Path) -> int:
+    counts = store_counts(config_path)
+    return counts["done"] + counts["failed"]
+
+
+@contextmanager
+def kiosk_server(config):
+    """The kiosk app served by waitress on a free loopback port, in a thread of this process."""
+    from waitress import create_server
+
+    from hipcad.appliance.kiosk import create_app
+
+    app = create_app(config)
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
