@@ -8,7 +8,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
 APT_PACKAGES := dcmtk libgdcm-tools chromium
 
-.PHONY: setup system-deps demo test gpu-check clean
+.PHONY: setup system-deps demo test gpu-check demo-model clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -34,6 +34,13 @@ demo: setup
 
 test: setup system-deps
 	$(PY) -m pytest
+
+# The bundled demo model, reproduced: synthetic phantoms -> EfficientNet-B0 at 256 px, from scratch.
+DEMO_DATA ?= .cache/demo-train
+demo-model: setup
+	$(VENV)/bin/hipcad synth --out $(DEMO_DATA) --count 1600 --seed 1000 --jobs 2 --force -q
+	$(VENV)/bin/hipcad train $(DEMO_DATA) --out runtime/models/demo --arch efficientnet_b0 --input-size 256 \
+	  --epochs 16 --batch-size 32 --lr 2e-3 --seed 0 --no-torch --synthetic-demo
 
 # On a machine with an NVIDIA GPU and PyTorch: one command, well under ten minutes.
 gpu-check: setup

@@ -19,10 +19,13 @@ from .errors import HipcadError
 # name -> ("module:function", one-line help)
 COMMANDS = {
     "export": ("hipcad.export.cli:main", "checkpoint (or --random-init) -> model bundle (ONNX with fused Grad-CAM)"),
+    "train": ("hipcad.export.train:main", "fine-tune on a dataset folder (paper's half cut, split by patient) -> bundle"),
     "build-engine": ("hipcad.runtime.engine_build:build_engine_main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
     "predict": ("hipcad.runtime.cli:predict_main", "read radiographs: verdict per hip, heatmap overlay, timings"),
     "synth": ("hipcad.runtime.synth:synth_main", "write synthetic AP pelvis phantoms with fracture labels"),
     "gpu-check": ("hipcad.runtime.gpu_check:gpu_check_main", "on an NVIDIA GPU: FP16 latency, FP16/FP32 parity, TensorRT build"),
+    "bench": ("hipcad.runtime.bench:bench_main", "time the whole path per radiograph vs the paper's 1.17 s (and --baseline)"),
+    "evaluate": ("hipcad.runtime.evaluate:evaluate_main", "a bundle on a labelled dataset: accuracy, sensitivity, specificity, F1, AUC (95% CI), heatmap check"),
     "reader-study": ("hipcad.runtime.reader_study:reader_study_main", "read-first answers -> reader accuracy before/after the CAD, Wilcoxon and Fisher tests"),
     "worker": ("hipcad.appliance.worker:main", "watch a hot folder: durable queue, one inference thread, result store (systemd notify)"),
     "kiosk": ("hipcad.appliance.kiosk:main", "results screen, JSON API and /metrics over the result store (waitress; auth off loopback)"),
@@ -62,12 +65,23 @@ def setup_logging(verbose: bool) -> None:
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given; folders expanded to the files inside them (sorted, recursive)."""
+    """Files as given (each is reported, readable or not); folders expanded to the radiographs
+    inside them (sorted, recursive; files that are not DICOM, JPEG or PNG, such as a dataset's
+    labels.csv, are left out)."""
+    from .decode import sniff
+
+    def is_image(path: Path) -> bool:
+        try:
+            with open(path, "rb") as fh:
+                return sniff(fh.read(132)) is not None
+        except OSError:
+            return False
+
     paths: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            paths.extend(sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")))
+            paths.extend(sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".") and is_image(q)))
         else:
             paths.append(p)
     return paths
@@ -107,7 +121,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    print(f"model: {bundle.label}; backend: {backend.name} ({backend.device})", file=sys.stderr)
+    print(f"model: {bundle.label}; operating point: {bundle.operating_point} (threshold {bundle.threshold:g}); "
+          f"backend: {backend.name} ({backend.device})", file=sys.stderr)
     if backend.fallback_reason:
         print(f"note: {backend.fallback_reason}", file=sys.stderr)
     pipeline = Pipeline(bundle, backend)

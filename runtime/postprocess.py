@@ -38,21 +38,23 @@ def heatmap_on_image(prepared: Prepared, cam: np.ndarray, shape_hw: tuple[int, i
 def side_results(
     prepared: Prepared, logits: np.ndarray, cam: np.ndarray, threshold: float, decoded_hw: tuple[int, int], scale: float
 ) -> list[dict]:
-    """Per side: probability, verdict, and the heatmap's hottest point in stored-image pixels."""
+    """Per side: probability, verdict, and the heatmap's hottest point and hottest CAM cell
+    (``heatmap_peak_box``: x0, y0, x1, y1) in stored-image pixels."""
     probs = fracture_probability(logits)
     rows = decoded_hw[0]
     results = []
     for i, half in enumerate(prepared.halves):
         gy, gx = np.unravel_index(int(np.argmax(cam[i])), cam[i].shape)
-        # centre of the hottest CAM cell, mapped through the half's rectangle
-        x = half.x0 + (gx + 0.5) / cam.shape[2] * (half.x1 - half.x0)
-        y = (gy + 0.5) / cam.shape[1] * rows
+        # the hottest CAM cell, mapped through the half's rectangle
+        cell_w, cell_h = (half.x1 - half.x0) / cam.shape[2], rows / cam.shape[1]
+        x0, y0 = half.x0 + gx * cell_w, gy * cell_h
         results.append(
             {
                 "side": half.side,
                 "probability": round(float(probs[i]), 6),
                 "fracture": bool(probs[i] >= threshold),
-                "heatmap_peak": [round(x / scale, 1), round(y / scale, 1)],
+                "heatmap_peak": [round((x0 + cell_w / 2) / scale, 1), round((y0 + cell_h / 2) / scale, 1)],
+                "heatmap_peak_box": [round(v / scale, 1) for v in (x0, y0, x0 + cell_w, y0 + cell_h)],
             }
         )
     return results

@@ -59,28 +59,31 @@ def image_left_side(patient_orientation: str | None) -> tuple[str, str | None]:
 
 
 def find_midline(pixels: np.ndarray) -> int:
-    """Column of best left-right mirror symmetry of the image's edge map."""
+    """Column of best left-right mirror symmetry of the image's edge map.
+
+    Symmetry is scored by the normalised cross-correlation of the edge map left of a candidate
+    column with the mirrored edge map right of it, so that featureless regions (soft tissue,
+    collimator shutters) score nothing and the pelvis, rich in mirrored edges, wins.
+    """
     rows, cols = pixels.shape
     work_w = min(MIDLINE_WORK_WIDTH, cols)
     work_h = max(8, round(rows * work_w / cols))
     small = np.asarray(Image.fromarray(pixels).resize((work_w, work_h), Image.BILINEAR), dtype=np.float32)
     # edges, robust to exposure gradients: horizontal + vertical gradient magnitude
-    gx = np.abs(np.diff(small, axis=1))[:-1, :]
-    gy = np.abs(np.diff(small, axis=0))[:, :-1]
-    edges = gx + gy
-    edges /= edges.mean() + 1e-6
+    edges = np.abs(np.diff(small, axis=1))[:-1, :] + np.abs(np.diff(small, axis=0))[:, :-1]
+    # a few very strong edges (collimator shutters, markers, the film's border) must not outvote
+    # the many bone contours of the pelvis
+    np.minimum(edges, np.percentile(edges, 90), out=edges)
     w = edges.shape[1]
     lo, hi = int(w * MIDLINE_SEARCH[0]), int(w * MIDLINE_SEARCH[1])
-    band = int(w * 0.2)
-    best, best_score = w // 2, np.inf
-    for c in range(lo, hi + 1):
-        span = min(band, c, w - c)
-        if span < 4:
-            continue
+    span = int(w * 0.2)
+    best, best_score = w // 2, -np.inf
+    for c in range(max(lo, span), min(hi, w - span) + 1):
         left = edges[:, c - span : c]
         right = edges[:, c : c + span][:, ::-1]
-        score = float(np.abs(left - right).mean())
-        if score < best_score:
+        a, b = left - left.mean(), right - right.mean()
+        score = float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-6))
+        if score > best_score:
             best, best_score = c, score
     return int(round((best + 0.5) * cols / w))
 

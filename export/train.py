@@ -1,0 +1,263 @@
+"""``hipcad train``: fine-tune an EfficientNet on hip halves cut the way the paper cut them.
+
+Per radiograph of a dataset folder (``hipcad.runtime.dataset``): the pelvic midline is found as
+at inference; for a fractured image the vertical dividing line is moved, if needed, to keep a
+50-pixel margin from the fracture box (the paper's cut), the half holding the box is a fracture
+sample and the other half a no-fracture sample; an image without fracture gives two no-fracture
+halves. Halves are resized to the model's input size as 8-bit grayscale, exactly as the runtime
+does, and normalised by the same module that the exported graph contains.
+
+Train / validation / test are split by patient. The epoch with the best validation AUC is kept
+and exported as a bundle whose manifest carries the validation and test figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hipcad.runtime.dataset import Dataset, ImageRecord, load_dataset, split_by_patient
+from hipcad.runtime.decode import decode
+from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.metrics import binary_metrics
+from hipcad.runtime.preprocess import find_midline, image_left_side, resize_gray
+
+from .checkpoint import create_timm, read_state_dict
+from .fused import GrayToNormalized, fuse_timm
+
+MARGIN_PX = 50  # the paper's margin between the dividing line and the fracture box, stored pixels
+
+
+@dataclass
+class Halves:
+    images: np.ndarray  # uint8 [M, 1, H, W]
+    labels: np.ndarray  # int64 [M]
+    sources: list[str]  # "file:side" per half
+
+
+def dividing_line(cols: int, midline: int, box_x: tuple[float, float] | None, box_on_image_left: bool, margin: float) -> int:
+    """The cut column: the midline, moved away from the fracture box to keep ``margin`` pixels."""
+    cut = midline
+    if box_x is not None:
+        x0, x1 = box_x
+        cut = max(cut, math.ceil(x1 + margin)) if box_on_image_left else min(cut, math.floor(x0 - margin))
+    return int(min(max(cut, 1), cols - 1))
+
+
+def cut_record(record: ImageRecord, input_hw: tuple[int, int]) -> list[tuple[np.ndarray, int, str]]:
+    """The two labelled halves of one radiograph, cut as the paper did."""
+    radiograph = decode(record.path, min_side=2 * max(input_hw))
+    pixels, scale = radiograph.pixels, radiograph.scale
+    cols = pixels.shape[1]
+    left_is, _ = image_left_side(radiograph.metadata.get("patient_orientation"))
+    fractured = record.fractured_sides
+    if len(fractured) > 1:
+        # both hips fractured: no dividing line can separate them; cut at the midline
+        box_x, on_left = None, True
+    elif fractured and record.sides[fractured[0]].box is not None:
+        box = record.sides[fractured[0]].box
+        box_x, on_left = (box.x0 * scale, box.x1 * scale), fractured[0] == left_is
+    else:
+        box_x, on_left = None, True
+    cut = dividing_line(cols, find_midline(pixels), box_x, on_left, MARGIN_PX * scale)
+    right_is = "left" if left_is == "right" else "right"
+    spans = {left_is: (0, cut), right_is: (cut, cols)}
+    return [
+        (resize_gray(pixels[:, spans[side][0] : spans[side][1]], input_hw), int(record.sides[side].fracture), f"{record.file}:{side}")
+        for side in ("right", "left")
+    ]
+
+
+def load_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str) -> Halves:
+    from tqdm import tqdm
+
+    images, labels, sources = [], [], []
+    for record in tqdm(records, desc=f"reading {desc}", unit="image", file=sys.stderr, disable=None if records else True):
+        try:
+            for image, label, source in cut_record(record, input_hw):
+                images.append(image)
+                labels.append(label)
+                sources.append(source)
+        except HipcadError as err:
+            print(f"skipped {record.file}: {err}", file=sys.stderr)
+    h, w = input_hw
+    array = np.stack(images)[:, None] if images else np.zeros((0, 1, h, w), np.uint8)
+    return Halves(array, np.asarray(labels, dtype=np.int64), sources)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flip, small affine (scale, shift, rotation), contrast/brightness/gamma: on 0..255 floats."""
+    n = x.shape[0]
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
+    angle = (rand(n) - 0.5) * math.radians(12)
+    scale = 1.0 + (rand(n) - 0.5) * 0.2
+    shift = (rand(n, 2) - 0.5) * 0.12
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = x / 255.0
+    gamma = torch.exp((rand(n, 1, 1, 1) - 0.5) * 0.5)
+    x = x.clamp(0, 1) ** gamma
+    contrast = 1.0 + (rand(n, 1, 1, 1) - 0.5) * 0.4
+    brightness = (rand(n, 1, 1, 1) - 0.5) * 0.16
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean + brightness).clamp(0, 1)
+    return x * 255.0
+
+
+class Classifier(nn.Module):
+    """uint8-range floats -> logits, with the same normalisation the exported graph applies."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.preprocess = GrayToNormalized()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(x))
+
+
+def predict_probs(classifier: Classifier, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    classifier.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i : i + batch]).float().contiguous(memory_format=torch.channels_last)
+            out.append(torch.softmax(classifier(x), dim=1)[:, 1].numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def train(args) -> int:
+    from tqdm import tqdm
+
+    from .onnx_export import export_bundle
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    size = args.input_size
+    data: Dataset = load_dataset(args.dataset)
+    train_recs, val_recs, test_recs = split_by_patient(data, (1 - args.val - args.test, args.val, args.test), seed=args.seed)
+    print(f"dataset {args.dataset}: {len(data)} radiographs; split by patient: train {len(train_recs)}, "
+          f"validation {len(val_recs)}, test {len(test_recs)}", file=sys.stderr)
+    tr = load_halves(train_recs, (size, size), "train")
+    va = load_halves(val_recs, (size, size), "validation")
+    te = load_halves(test_recs, (size, size), "test")
+    if len(tr.labels) == 0 or len(va.labels) == 0 or len(set(va.labels.tolist())) < 2:
+        raise HipcadError("the training and validation sets need halves of both classes; the dataset is too small")
+
+    model = create_timm(args.arch) if args.init is None else None
+    if args.init is not None:
+        from .checkpoint import load_timm
+
+        model = load_timm(args.arch, read_state_dict(args.init))
+    classifier = Classifier(model).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(tr.labels) / args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15)
+    generator = torch.Generator().manual_seed(args.seed)
+    best = {"auc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
+    history = []
+    start = time.time()
+    for epoch in range(1, args.epochs + 1):
+        classifier.train()
+        order = torch.randperm(len(tr.labels), generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", file=sys.stderr, unit="batch", disable=None)
+        seen = correct = 0
+        total_loss = 0.0
+        for step in bar:
+            idx = order[step * args.batch_size : (step + 1) * args.batch_size]
+            x = augment(torch.from_numpy(tr.images[idx.numpy()]).float(), generator).contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(tr.labels[idx.numpy()])
+            logits = classifier(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            total_loss += loss.item() * len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        probs = predict_probs(classifier, va.images)
+        val = binary_metrics(va.labels, probs, n_bootstrap=0)
+        val_loss = float(-np.mean(np.log(np.clip(np.where(va.labels == 1, probs, 1 - probs), 1e-7, 1))))
+        row = {"epoch": epoch, "train_loss": round(total_loss / seen, 5), "train_accuracy": round(correct / seen, 4),
+               "val_loss": round(val_loss, 5), "val_accuracy": round(val["accuracy"]["value"], 4), "val_auc": round(val["auc"]["value"], 4)}
+        history.append(row)
+        improved = (row["val_auc"], -val_loss) > (best["auc"], -best["loss"])
+        if improved:
+            best = {"auc": row["val_auc"], "loss": val_loss, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in classifier.model.state_dict().items()}}
+        print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | validation loss "
+              f"{val_loss:.4f} acc {row['val_accuracy']:.3f} AUC {row['val_auc']:.4f}{'  (best)' if improved else ''}", file=sys.stderr)
+
+    model.load_state_dict(best["state"])
+    model.eval()
+    classifier.eval()
+    val_probs = predict_probs(classifier, va.images)
+    figures = {"validation": binary_metrics(va.labels, val_probs, seed=args.seed)}
+    if len(te.labels) and len(set(te.labels.tolist())) == 2:
+        figures["test"] = binary_metrics(te.labels, predict_probs(classifier, te.images), seed=args.seed)
+    if args.save_checkpoint:
+        torch.save(model.state_dict(), args.save_checkpoint)
+    synthetic = args.synthetic_demo or (Path(args.dataset) / "synth.json").is_file()
+    training = {
+        "dataset": Path(args.dataset).name,
+        "radiographs": {"train": len(train_recs), "validation": len(val_recs), "test": len(test_recs)},
+        "halves": {"train": int(len(tr.labels)), "validation": int(len(va.labels)), "test": int(len(te.labels))},
+        "cut": f"vertical dividing line at the pelvic midline, moved to keep {MARGIN_PX} px from the fracture box",
+        "epochs": args.epochs, "best_epoch": best["epoch"], "history": history,
+        "optimizer": {"name": "AdamW", "max_lr": args.lr, "weight_decay": args.weight_decay, "schedule": "one-cycle",
+                      "batch_size": args.batch_size, "label_smoothing": 0.05},
+        "init": "random (no pretrained weights reachable offline)" if args.init is None else Path(args.init).name,
+        "seconds": round(time.time() - start),
+        "figures": figures,
+    }
+    provenance = {"source": "hipcad train", "seed": args.seed,
+                  "command": "hipcad train " + " ".join(args.argv)}
+    export_bundle(fuse_timm(model), args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
+                  trained=True, synthetic_demo=synthetic, threshold=0.5, with_torch=not args.no_torch,
+                  extra={"training": training})
+    v = figures["validation"]
+    print(f"wrote {args.out}: best epoch {best['epoch']}, validation accuracy {v['accuracy']['value']:.3f}, "
+          f"AUC {v['auc']['value']:.4f}" + (" (SYNTHETIC DEMO - not for clinical use)" if synthetic else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="hipcad train", description=__doc__.split("\n\n")[0] + " Writes a model bundle.")
+    parser.add_argument("dataset", help="dataset folder (labels.csv + images; see `hipcad synth`)")
+    parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
+    parser.add_argument("--arch", default="efficientnet_b4", help="timm EfficientNet (default efficientnet_b4, as the paper)")
+    parser.add_argument("--input-size", type=int, default=380, metavar="PX", help="square input size (default 380)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--val", type=float, default=0.15, help="fraction of patients for validation")
+    parser.add_argument("--test", type=float, default=0.15, help="fraction of patients for test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", metavar="CKPT", help="start from a timm state_dict (e.g. ImageNet weights) instead of random")
+    parser.add_argument("--save-checkpoint", metavar="PATH", help="also save the best state_dict here")
+    parser.add_argument("--synthetic-demo", action="store_true", help="label the bundle a synthetic demo (automatic for `hipcad synth` folders)")
+    parser.add_argument("--no-torch", action="store_true", help="leave model.pt2 out of the bundle (smaller)")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return train(args)
+    except HipcadError as err:
+        print(f"hipcad train: {err}", file=sys.stderr)
+        return 1
