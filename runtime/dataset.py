@@ -431,28 +431,17 @@ def iter_halves(records: Iterable[ImageRecord] | Dataset) -> Iterator[tuple[Imag
 
 
 def image_half(side: str, patient_orientation=None) -> str:
-    """Which image half ("left" / "right") shows patient ``side`` given a PatientOrientation.
+    """Which image half ("left" / "right") shows patient ``side`` given a PatientOrientation
+    (a backslash-joined string or a sequence of values); see
+    :func:`hipcad.runtime.preprocess.image_left_side`, which the inference path uses."""
+    from .preprocess import image_left_side
 
-    The first PatientOrientation value is the patient direction of the image rows (towards
-    increasing column): ``L`` (standard AP: image left = patient right) or ``R`` (mirrored).
-    A missing or unrecognised value is taken as the standard ``L``.
-    """
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, not {side!r}")
-    first = ""
-    if patient_orientation is not None:
-        if isinstance(patient_orientation, str):
-            first = patient_orientation.split("\\")[0]
-        else:
-            try:
-                first = str(list(patient_orientation)[0])
-            except (TypeError, IndexError):
-                first = ""
-    mirrored = first.strip().upper().startswith("R")
-    right_on_left = not mirrored
-    if side == "right":
-        return "left" if right_on_left else "right"
-    return "right" if right_on_left else "left"
+    if patient_orientation is not None and not isinstance(patient_orientation, str):
+        patient_orientation = "\\".join(str(v) for v in patient_orientation)
+    left_is, _ = image_left_side(patient_orientation)
+    return "left" if side == left_is else "right"
 
 
 def split_by_patient(
