@@ -2,7 +2,6 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DEMO   ?= .cache/demo
 # torch: the pinned release that lies on this workplace's disk (pip's constraint file points there)
 TORCH  := torch==2.14.1 torchvision==0.29.1
 # Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
@@ -27,10 +26,9 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# worker + kiosk on the bundled demo model, a temporary hot folder, sample radiographs copied in
 demo: setup
-	$(VENV)/bin/hipcad synth --out $(DEMO)/radiographs --count 6 --seed 1
-	@test -f $(DEMO)/model/manifest.json || $(VENV)/bin/hipcad export --random-init --seed 0 --out $(DEMO)/model
-	$(VENV)/bin/hipcad predict $(DEMO)/radiographs --model $(DEMO)/model --out $(DEMO)/results
+	$(VENV)/bin/hipcad demo
 
 test: setup system-deps
 	$(PY) -m pytest

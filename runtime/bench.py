@@ -54,8 +54,6 @@ def machine() -> dict:
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
     from .backends import CHOICES, open_backend
     from .bench_inputs import make_inputs
     from .bundle import load_bundle
@@ -71,10 +69,10 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    t0 = time.perf_counter()
     try:
-        bundle = load_bundle(args.model)
         inputs = make_inputs(Path(args.workdir))
+        t0 = time.perf_counter()
+        bundle = load_bundle(args.model)
         backend = open_backend(args.backend, bundle)
     except HipcadError as err:
         print(f"hipcad bench: {err}", file=sys.stderr)
@@ -83,7 +81,20 @@ def bench_main(argv: list[str] | None = None) -> int:
     kinds = {k: v for k, v in inputs.items() if isinstance(v, Path)}
     skipped = {k: v for k, v in inputs.items() if not isinstance(v, Path)}
     pipeline = Pipeline(bundle, backend)
-    out = Path(tempfile.mkdtemp(prefix="hipcad-bench-"))
+    with tempfile.TemporaryDirectory(prefix="hipcad-bench-") as tmp:
+        report = _run(args, bundle, backend, pipeline, kinds, skipped, load_ms, Path(tmp))
+    if report is None:
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_summary(report))
+    return 0
+
+
+def _run(args, bundle, backend, pipeline, kinds, skipped, load_ms, out: Path) -> dict | None:
+    from tqdm import tqdm
+
     names = list(kinds)
     report: dict = {"backend": backend.name, "device": backend.device, "model": bundle.describe(), "machine": machine(),
                     "paper_ms": PAPER_MS, "inputs": {k: str(v) for k, v in kinds.items()}, "skipped_inputs": skipped}
@@ -94,7 +105,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             result = pipeline.run(kinds[name], out / f"warm-{name}.png")
             if not result.ok:
                 print(f"hipcad bench: {name}: {result.error}", file=sys.stderr)
-                return 1
+                return None
             warm[name] = result.timings_ms["total"]
         report["cold_start_ms"] = {"bundle_load_and_backend_activation": round(load_ms, 1),
                                    "backend_load_only": round((backend.load_seconds or 0) * 1000.0, 1),
@@ -129,11 +140,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     if args.baseline:
         report["baseline"] = run_baseline(bundle, kinds, names, args.baseline_images, out, args.json)
         report["speedup_vs_baseline"] = round(report["baseline"]["e2e_ms"]["p50"] / report["e2e_ms"]["p50"], 1)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(_summary(report))
-    return 0
+    return report
 
 
 def run_baseline(bundle, kinds, names, count, out, quiet) -> dict:

@@ -45,8 +45,11 @@ def make_inputs(workdir: Path, seed: int = 2024) -> dict[str, Path | str]:
             source = Path(record.path)
             if post == "jpeg-lossless":
                 # JPEG lossless, first-order prediction (process 14, selection value 1)
-                subprocess.run(["dcmcjpeg", "+e1", str(source), str(path)], check=True, capture_output=True)
+                done = subprocess.run(["dcmcjpeg", "+e1", str(source), str(path)], capture_output=True, text=True)
                 source.unlink()
+                if done.returncode != 0:
+                    out[name] = f"skipped: dcmcjpeg failed: {done.stderr.strip()[:200]}"
+                    continue
             else:
                 source.replace(path)
         out[name] = path
