@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 # torch: the pinned release that lies on this workplace's disk (pip's constraint file points there)
 TORCH  := torch==2.14.1 torchvision==0.29.1
 # Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
-APT_PACKAGES := dcmtk libgdcm-tools chromium
+APT_PACKAGES := dcmtk libgdcm-tools chromium orthanc
 
 .PHONY: setup system-deps demo test gpu-check demo-model clean
 

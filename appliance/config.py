@@ -8,7 +8,9 @@ Every key is documented in ``systemd/hipcad.toml.example``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,15 @@ class Config:
     heartbeat_stale_s: float = 30.0
     read_first: bool = False
     history_size: int = 50
+    # -- DICOM node (listener and results to PACS) ---------------------------------------------------
+    dicom_port: int = 0  # the storage SCP's TCP port; 0: no listener
+    dicom_bind: str = "127.0.0.1"
+    dicom_ae_title: str = "HIPCAD"  # ours: called AE of the listener, calling AE towards PACS
+    dicom_allowed_aets: list[str] = field(default_factory=list)  # calling AE titles accepted (empty: any)
+    dicom_allowed_hosts: list[str] = field(default_factory=list)  # addresses / networks accepted (empty: any)
+    pacs_destinations: list[str] = field(default_factory=list)  # "AE@host:port": results go there
+    pacs_retry_initial_s: float = 10.0
+    pacs_retry_max_s: float = 600.0
     #: where the config came from (not a key)
     source: str = field(default="defaults", compare=False)
 
@@ -74,9 +85,56 @@ class Config:
             raise ConfigError("max_attempts must be at least 1")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:
             raise ConfigError(f"kiosk_port {self.kiosk_port} is not a port number")
+        self._validate_dicom()
         if self.hot_folder.resolve() == self.data_dir.resolve():
             raise ConfigError("hot_folder and data_dir must be different folders")
         return self
+
+
+    def _validate_dicom(self) -> None:
+        if not 0 <= self.dicom_port < 65536:
+            raise ConfigError(f"dicom_port {self.dicom_port} is not a port number (0: no listener)")
+        check_ae_title(self.dicom_ae_title, "dicom_ae_title")
+        for title in self.dicom_allowed_aets:
+            check_ae_title(title, "dicom_allowed_aets")
+        for host in self.dicom_allowed_hosts:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ConfigError(f"dicom_allowed_hosts: {host!r} is not an IP address or network (e.g. 10.1.2.0/24)") from None
+        if self.dicom_port and not self.dicom_allowed_aets and not self.dicom_allowed_hosts:
+            raise ConfigError("dicom_port is set but neither dicom_allowed_aets nor dicom_allowed_hosts is: the listener "
+                              "would accept anyone; list the modalities (or set dicom_allowed_hosts = [\"0.0.0.0/0\"] "
+                              "deliberately)")
+        seen = set()
+        for text in self.pacs_destinations:
+            key = parse_destination(text)
+            if key in seen:
+                raise ConfigError(f"pacs_destinations: {text!r} is listed twice")
+            seen.add(key)
+        if self.pacs_retry_initial_s <= 0 or self.pacs_retry_max_s < self.pacs_retry_initial_s:
+            raise ConfigError("pacs_retry_initial_s must be positive and pacs_retry_max_s at least as large")
+
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash, at most 16
+_DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})$")
+
+
+def check_ae_title(title: str, key: str) -> str:
+    if not _AE_RE.match(title) or not title.strip():
+        raise ConfigError(f"{key}: {title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+    return title.strip()
+
+
+def parse_destination(text: str) -> tuple[str, str, int]:
+    """``"PACS@10.0.0.5:104"`` (or ``"PACS@[fd00::5]:104"``) -> (AE title, host, port)."""
+    match = _DEST_RE.match(text.strip())
+    if not match:
+        raise ConfigError(f"pacs_destinations: {text!r} is not AE@host:port (e.g. \"PACS@10.0.0.5:104\")")
+    port = int(match["port"])
+    if not 0 < port < 65536:
+        raise ConfigError(f"pacs_destinations: {text!r}: {port} is not a port number")
+    return check_ae_title(match["ae"], "pacs_destinations"), match["ip6"] or match["host"], port
 
 
 KEYS = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
@@ -102,6 +160,12 @@ def _convert(name: str, value, origin: str):
             if isinstance(value, bool):
                 raise ValueError("not a number")
             return float(value)
+        if kind == "list[str]":
+            if isinstance(value, str):  # from the environment: comma-separated
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("not a list of strings")
+            return [v.strip() for v in value]
         if kind == "Path":
             return Path(str(value)).expanduser()
         return str(value)

@@ -1,6 +1,7 @@
 """``hipcad demo``: the whole box on one machine. Starts the worker and the kiosk as their own
-processes (as systemd would) on the bundled demo model, with a temporary hot folder, then copies
-synthetic radiographs into it one by one. Runs until Ctrl-C or SIGTERM, which stop both."""
+processes (as systemd would) on the bundled demo model, with a temporary hot folder and the DICOM
+listener on 127.0.0.1, then copies synthetic radiographs into the hot folder one by one. Runs
+until Ctrl-C or SIGTERM, which stop both."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from pathlib import Path
 from hipcad.runtime.bundle import load_bundle
 from hipcad.runtime.errors import HipcadError
 
+from .config import ConfigError, parse_destination
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -27,11 +30,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_demo_config(path: Path, root: Path, model: Path, port: int, read_first: bool) -> None:
+DEMO_AE_TITLE = "HIPCAD"
+
+
+def write_demo_config(path: Path, root: Path, model: Path, port: int, read_first: bool, dicom_port: int = 0,
+                      pacs: list[str] | None = None) -> None:
     values = {"hot_folder": str(root / "hot"), "data_dir": str(root / "data"), "model": str(model),
               "kiosk_port": port, "settle_s": 0.5, "rescan_interval_s": 10.0, "min_free_mb": 50,
-              "truth_labels": str(root / "samples"), "read_first": read_first}
+              "truth_labels": str(root / "samples"), "read_first": read_first,
+              "dicom_port": dicom_port, "dicom_bind": "127.0.0.1", "dicom_ae_title": DEMO_AE_TITLE,
+              "dicom_allowed_hosts": ["127.0.0.1", "::1"], "pacs_destinations": pacs or []}
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+
+
+def wait_tcp(port: int, timeout: float, alive) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 def wait_http(url: str, timeout: float, alive) -> bool:
@@ -60,17 +80,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between copied radiographs (default 2)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic radiographs")
     parser.add_argument("--read-first", action="store_true", help="reader-study mode: answer before the CAD is shown")
+    parser.add_argument("--dicom-port", type=int, default=0,
+                        help="port of the DICOM listener on 127.0.0.1 (AE title HIPCAD, any calling AE title from "
+                             "this machine; default 0: any free port)")
+    parser.add_argument("--pacs", metavar="AE@HOST:PORT", action="append", default=[],
+                        help="also send the results (SC + SR) to this DICOM node (repeatable)")
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.model)
     except HipcadError as err:
         print(f"hipcad demo: cannot load the model: {err}", file=sys.stderr)
         return 2
+    try:
+        for destination in args.pacs:
+            parse_destination(destination)
+    except ConfigError as err:
+        print(f"hipcad demo: {err}", file=sys.stderr)
+        return 2
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="hipcad-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     port = args.port or free_port()
+    dicom_port = args.dicom_port or free_port()
     config = root / "hipcad.toml"
-    write_demo_config(config, root, bundle.path, port, args.read_first)
+    write_demo_config(config, root, bundle.path, port, args.read_first, dicom_port, args.pacs)
     (root / "hot").mkdir(exist_ok=True)
     print(f"model: {bundle.label}", file=sys.stderr)
     print(f"making {args.count} synthetic radiographs...", file=sys.stderr, flush=True)
@@ -95,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             return code
         print(f"kiosk: {url}", flush=True)
         print(f"hot folder: {root / 'hot'}", flush=True)
+        if wait_tcp(dicom_port, 60, lambda: all(c.poll() is None for c in children) and not stop.is_set()):
+            print(f"dicom: AE title {DEMO_AE_TITLE} on 127.0.0.1 port {dicom_port} "
+                  f"(e.g. storescu -aec {DEMO_AE_TITLE} 127.0.0.1 {dicom_port} FILE.dcm)", flush=True)
+        elif not stop.is_set():
+            print("hipcad demo: the DICOM listener did not start (see the messages above)", file=sys.stderr)
         pending = list(samples)
         next_copy = time.monotonic()
         while not stop.is_set():

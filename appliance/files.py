@@ -10,6 +10,7 @@ value or the name a file arrived with::
     data/results/<id>.json              the result (no patient identity)
     data/results/<id>.overlay.png       radiograph + heatmap + verdicts
     data/results/<id>.image.png         the radiograph alone (read-first mode shows this)
+    data/outbox/<outbox id>.dcm         a DICOM result (SC or SR) waiting for, or sent to, PACS
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ class DataDir:
         self.processed = self.root / "processed"
         self.quarantine = self.root / "quarantine"
         self.results = self.root / "results"
+        self.outbox = self.root / "outbox"
 
     def create(self) -> "DataDir":
-        for folder in (self.root, self.incoming, self.processed, self.quarantine, self.results):
+        for folder in (self.root, self.incoming, self.processed, self.quarantine, self.results, self.outbox):
             folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         return self
 
@@ -117,10 +119,15 @@ class DataDir:
     def result_files(self, item_id: int) -> tuple[Path, Path, Path]:
         return self.result_json(item_id), self.overlay(item_id), self.image(item_id)
 
+    def outbox_file(self, outbox_id: int) -> Path:
+        return self.outbox / f"{int(outbox_id)}.dcm"
+
     def remove_temporaries(self) -> int:
         """Delete half-written files a killed worker left behind (ours and the overlay writer's)."""
         count = 0
-        for folder in (self.results, self.incoming, self.processed, self.quarantine):
+        for folder in (self.results, self.incoming, self.processed, self.quarantine, self.outbox):
+            if not folder.is_dir():
+                continue
             for path in folder.iterdir():
                 if path.name.startswith(".") and path.is_file():
                     path.unlink()

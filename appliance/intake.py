@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from .store import Duplicate, Store
 log = logging.getLogger(__name__)
 
 RECOVERED_NAME = "(recovered after a restart)"
+# The hot folder (main thread) and the DICOM listener (one thread per association) both admit
+# files: the duplicate check, the move into the spool and the INSERT are one step for all of them.
+_ADMIT = threading.Lock()
 
 
 def display_name(path: Path, root: Path) -> str:
@@ -61,24 +65,30 @@ def ingest(path: Path, root: Path, store: Store, data: DataDir) -> int | None:
     after = path.stat()
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise FileChangedError("the file changed while it was read")
-    sop_uid = peek_sop_uid(path)
-    existing = store.find(sha, sop_uid)
-    if existing is not None and existing["sha256"] != sha and existing["status"] == "failed":
-        # the same image again in other bytes after a failed read (e.g. a transfer cut short): read it
-        store.release_sop_uid(existing["id"])
-        existing = None
-    if existing is not None:
-        _drop_duplicate(path, existing, store, sha)
-        return None
-    spool = data.spool(sha)
-    move_durable(path, spool)
-    try:
-        item_id = store.enqueue(sha, sop_uid, display_name(path, root), size)
-    except Duplicate:  # the same SOP Instance UID arrived in other bytes a moment ago
+    return admit(path, sha, size, peek_sop_uid(path), display_name(path, root), store, data)
+
+
+def admit(path: Path, sha: str, size: int, sop_uid: str | None, name: str, store: Store, data: DataDir) -> int | None:
+    """Move a complete file (already hashed) into the spool and queue it, unless its content or SOP
+    Instance UID is known (then it is deleted). Returns the new item id, or None for a duplicate."""
+    with _ADMIT:
         existing = store.find(sha, sop_uid)
-        remove_quietly(spool)
-        _drop_duplicate(None, existing, store, sha)
-        return None
+        if existing is not None and existing["sha256"] != sha and existing["status"] == "failed":
+            # the same image again in other bytes after a failed read (e.g. a transfer cut short): read it
+            store.release_sop_uid(existing["id"])
+            existing = None
+        if existing is not None:
+            _drop_duplicate(path, existing, store, sha)
+            return None
+        spool = data.spool(sha)
+        move_durable(path, spool)
+        try:
+            item_id = store.enqueue(sha, sop_uid, name, size)
+        except Duplicate:  # cannot happen under the lock unless another process shares the data folder
+            existing = store.find(sha, sop_uid)
+            remove_quietly(spool)
+            _drop_duplicate(None, existing, store, sha)
+            return None
     log.info("queued item %d (sha256 %s, %d bytes)", item_id, sha[:12], size)
     return item_id
 
@@ -135,7 +145,8 @@ def enforce_retention(store: Store, data: DataDir, days: float) -> int:
     for row in rows:
         sha = row["sha256"]
         remove_quietly(*data.result_files(row["id"]), data.processed / sha, data.quarantine / sha,
-                       data.quarantine / f"{sha}.reason.txt")
+                       data.quarantine / f"{sha}.reason.txt",
+                       *(data.outbox_file(outbox_id) for outbox_id in store.outbox_ids(row["id"])))
         store.delete(row["id"])
     if rows:
         log.info("retention: deleted %d item(s) older than %g days", len(rows), days)

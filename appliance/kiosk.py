@@ -76,7 +76,11 @@ def create_app(config: Config | None = None) -> Flask:
 
     def version(h: dict) -> str:
         keys = ",".join(b["key"] for b in presenter.banners(h))
-        return f"{store().version()}|{keys}|{h['queue']['queued'] + h['queue']['processing']}"
+        dicom = h["dicom"]
+        listener = dicom["listener"]
+        pacs = ",".join(f"{d['queue']}/{d['sent']}/{d['last_error_at']}" for d in dicom["destinations"])
+        return (f"{store().version()}|{keys}|{h['queue']['queued'] + h['queue']['processing']}"
+                f"|{listener['up']}:{listener['received']}|{pacs}")
 
     def row_or_404(item_id: int):
         row = store().get(item_id)

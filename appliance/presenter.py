@@ -116,7 +116,56 @@ def health(store: Store, config: Config, model_fallback: dict | None = None) -> 
             "backend_fallbacks": counters.get("backend_fallbacks", 0),
         },
         "read_first": config.read_first,
+        "dicom": dicom_health(store, config, worker, up),
     }
+
+
+def dicom_health(store: Store, config: Config, worker: dict, worker_up: bool) -> dict:
+    """The DICOM listener and each PACS destination, as the worker last reported them."""
+    from .forward import destination_key
+
+    state = worker.get("dicom_listener") or {}
+    enabled = bool(config.dicom_port) or bool(state.get("enabled"))
+    listener = {
+        "enabled": enabled,
+        "up": bool(enabled and worker_up and state.get("up")),
+        "ae_title": state.get("ae_title", config.dicom_ae_title),
+        "bind": state.get("bind", config.dicom_bind),
+        "port": state.get("port", config.dicom_port) or None,
+        "received": state.get("received", 0),
+        "duplicates": state.get("duplicates", 0),
+        "refused": state.get("refused", 0),
+        "rejected_associations": state.get("rejected_associations", 0),
+        "echoes": state.get("echoes", 0),
+        "last_received_at": iso(state.get("last_received_at")),
+        "last_rejected": {**state["last_rejected"], "at": iso(state["last_rejected"].get("at"))}
+        if state.get("last_rejected") else None,
+        "error": state.get("error"),
+    }
+    saved = store.get_state("pacs")
+    reported = (saved[0].get("destinations") or {}) if saved else {}
+    counts = store.delivery_counts()
+    destinations = []
+    for text in config.pacs_destinations:
+        key = destination_key(text)
+        info = reported.get(key, {})
+        n = counts.get(key, {"pending": 0, "sent": 0, "failed": 0})
+        failing = bool(info.get("last_error_at")) and (info.get("last_success_at") or 0) < info["last_error_at"]
+        destinations.append({
+            "name": key,
+            "ae_title": info.get("ae_title"),
+            "host": info.get("host"),
+            "port": info.get("port"),
+            "queue": n["pending"],
+            "sent": n["sent"],
+            "failed": n["failed"],
+            "failing": failing,
+            "last_success_at": iso(info.get("last_success_at")),
+            "last_error": info.get("last_error"),
+            "last_error_at": iso(info.get("last_error_at")),
+            "next_try_at": iso(info.get("next_try_at")),
+        })
+    return {"listener": listener, "destinations": destinations}
 
 
 def banners(h: dict) -> list[dict]:
@@ -131,6 +180,18 @@ def banners(h: dict) -> list[dict]:
     if w.get("accepting") is False:
         out.append({"level": "danger", "key": "disk",
                     "text": f"DISK NEARLY FULL ({w.get('disk_free_mb')} MB free): new radiographs are not being accepted."})
+    dicom = h.get("dicom") or {}
+    listener = dicom.get("listener") or {}
+    if w["up"] and listener.get("enabled") and not listener.get("up"):
+        out.append({"level": "danger", "key": "dicom-listener",
+                    "text": "DICOM LISTENER DOWN: radiographs sent from the modality are not being received"
+                            + (f" ({listener['error']})" if listener.get("error") else "")
+                            + ". Use the hot folder or read films without CAD, and call the on-call IT contact."})
+    for dest in dicom.get("destinations", []):
+        if dest["queue"] and dest["failing"]:
+            out.append({"level": "warning", "key": f"pacs-{dest['name']}",
+                        "text": f"CAD RESULTS NOT REACHING PACS {dest['name']}: {dest['queue']} waiting "
+                                f"(last error: {dest['last_error']}). They are kept and sent when it answers."})
     model = h["model"]
     if model and (not model.get("trained", True) or model.get("synthetic_demo")):
         out.append({"level": "warning", "key": "demo-model", "text": f"DEMO MODEL, NOT FOR CLINICAL USE: {model.get('label')}"})

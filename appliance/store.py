@@ -12,7 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: outbox and deliveries (results to PACS)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: names result files
@@ -41,6 +41,30 @@ CREATE TABLE IF NOT EXISTS reader_answers (
     side      TEXT NOT NULL CHECK (side IN ('right', 'left')),
     before    INTEGER, after INTEGER, before_at REAL, after_at REAL,
     PRIMARY KEY (reader, item_id, side));
+-- results to PACS (store-and-forward): one row per DICOM object made from a result; its UIDs are
+-- generated once, in the transaction that finishes the item, so a resend carries the same UIDs
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,   -- names the built file: data/outbox/<id>.dcm
+    item_id     INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    kind        TEXT NOT NULL CHECK (kind IN ('sc', 'sr')),
+    sop_class_uid       TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL UNIQUE,
+    series_instance_uid TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    built_at    REAL,                                -- NULL until the file is durable
+    error       TEXT,                                -- it could not be built
+    UNIQUE (item_id, kind));
+CREATE TABLE IF NOT EXISTS deliveries (
+    outbox_id   INTEGER NOT NULL REFERENCES outbox (id) ON DELETE CASCADE,
+    destination TEXT NOT NULL,                       -- "AE@host:port"
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_attempt_at REAL,
+    last_error  TEXT,
+    sent_at     REAL,
+    PRIMARY KEY (outbox_id, destination));
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, destination, next_attempt_at);
 """
 FINISHED = ("done", "failed")
 
@@ -111,9 +135,21 @@ class Store:
             self.db.execute("UPDATE items SET status = 'queued', attempts = MAX(attempts - 1, 0) WHERE id = ?", (item_id,))
 
     def finish(self, item_id: int, status: str, *, error: str | None = None, result: dict | None = None,
-               patient: dict | None = None, total_ms: float | None = None, truth: dict | None = None) -> None:
+               patient: dict | None = None, total_ms: float | None = None, truth: dict | None = None,
+               outbox: list[dict] | None = None) -> None:
+        """Record the outcome; ``outbox`` (see :func:`hipcad.appliance.dicom_results.plan`) queues DICOM
+        results in the same transaction, so a finished item is never left without its queued results."""
         assert status in FINISHED
         with self.tx():
+            now = time.time()
+            for obj in outbox or ():
+                cur = self.db.execute(
+                    "INSERT INTO outbox (item_id, kind, sop_class_uid, sop_instance_uid, series_instance_uid, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (item_id, obj["kind"], obj["sop_class_uid"], obj["sop_instance_uid"], obj["series_instance_uid"], now))
+                self.db.executemany(
+                    "INSERT INTO deliveries (outbox_id, destination, status, next_attempt_at) VALUES (?, ?, 'pending', ?)",
+                    [(cur.lastrowid, dest, now) for dest in obj["destinations"]])
             self.db.execute(
                 "UPDATE items SET status = ?, error = ?, result_json = ?, patient_json = ?, total_ms = ?, finished_at = ?, "
                 "truth_json = ? WHERE id = ?",
@@ -148,6 +184,53 @@ class Store:
     def delete(self, item_id: int) -> None:
         with self.tx():
             self.db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+
+    # -- the outbox (results to PACS) ---------------------------------------------------------------
+    def outbox_unbuilt(self, limit: int = 20) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT o.*, i.sha256, i.result_json FROM outbox o JOIN items i ON i.id = o.item_id "
+            "WHERE o.built_at IS NULL AND o.error IS NULL ORDER BY o.id LIMIT ?", (limit,)).fetchall()
+
+    def outbox_built(self, outbox_id: int) -> None:
+        with self.tx():
+            self.db.execute("UPDATE outbox SET built_at = ? WHERE id = ?", (time.time(), outbox_id))
+
+    def outbox_failed(self, outbox_id: int, error: str) -> None:
+        """It cannot be built (its input or overlay is gone): nothing to deliver."""
+        with self.tx():
+            self.db.execute("UPDATE outbox SET error = ? WHERE id = ?", (error, outbox_id))
+            self.db.execute("UPDATE deliveries SET status = 'failed', last_error = ? WHERE outbox_id = ? AND status = 'pending'",
+                            (error, outbox_id))
+
+    def due_deliveries(self, destination: str, now: float, limit: int = 50) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT d.*, o.sop_class_uid, o.sop_instance_uid, o.kind, o.item_id FROM deliveries d "
+            "JOIN outbox o ON o.id = d.outbox_id WHERE d.destination = ? AND d.status = 'pending' "
+            "AND o.built_at IS NOT NULL AND d.next_attempt_at <= ? ORDER BY d.outbox_id LIMIT ?",
+            (destination, now, limit)).fetchall()
+
+    def delivery_sent(self, outbox_id: int, destination: str) -> None:
+        with self.tx():
+            now = time.time()
+            self.db.execute("UPDATE deliveries SET status = 'sent', sent_at = ?, last_attempt_at = ?, "
+                            "attempts = attempts + 1, last_error = NULL WHERE outbox_id = ? AND destination = ?",
+                            (now, now, outbox_id, destination))
+
+    def delivery_failed(self, outbox_id: int, destination: str, error: str, next_attempt_at: float) -> None:
+        with self.tx():
+            self.db.execute("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?, last_error = ?, "
+                            "next_attempt_at = ? WHERE outbox_id = ? AND destination = ? AND status = 'pending'",
+                            (time.time(), error, next_attempt_at, outbox_id, destination))
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """destination -> {"pending": n, "sent": n, "failed": n}."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.db.execute("SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
+            out.setdefault(row[0], {"pending": 0, "sent": 0, "failed": 0})[row[1]] = row[2]
+        return out
+
+    def outbox_ids(self, item_id: int) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM outbox WHERE item_id = ?", (item_id,))]
 
     # -- state shared with the kiosk: heartbeat, backend, events ----------------------------------
     def put_state(self, key: str, value: dict) -> None:

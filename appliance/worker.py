@@ -1,8 +1,11 @@
-"""``hipcad worker``: hot folder -> durable queue -> one inference thread -> result store.
+"""``hipcad worker``: hot folder / DICOM listener -> durable queue -> one inference thread -> result
+store (-> results to PACS).
 
 Threads: the main thread takes complete files from the hot folder into the queue and keeps house
 (heartbeat, systemd watchdog, rescans, disk guard, retention); watchdog's observer thread reports
 file events; ONE inference thread creates the backend and is the only thread that touches it.
+Where configured: pynetdicom's threads serve the DICOM listener (one per association), and one
+forwarding thread builds the DICOM results and sends them to PACS (:mod:`.forward`).
 SIGTERM: the current image is finished, then the worker exits 0.
 """
 
@@ -25,9 +28,12 @@ from hipcad.runtime.errors import BadInputError, HipcadError
 from hipcad.runtime.overlay import MAX_SIDE, display_size
 from hipcad.runtime.pipeline import Pipeline
 
+from . import dicom_results
 from .config import Config, ConfigError, load_config
 from .files import DataDir, atomic_write, move_durable, remove_quietly
 from .hotfolder import HotFolder
+from .dicom_scp import Listener
+from .forward import Forwarder
 from .intake import FileChangedError, dump, enforce_retention, free_mb, ingest, load_truth, reconcile, write_reason
 from .sdnotify import Notifier
 from .store import Store
@@ -37,6 +43,7 @@ log = logging.getLogger("hipcad.worker")
 HEARTBEAT_S = 2.0
 DISK_CHECK_S = 5.0
 RETENTION_S = 3600.0
+LISTENER_RETRY_S = 30.0
 
 
 class GuardedBackend:
@@ -97,6 +104,8 @@ class Worker:
         self.disk_free_mb: float | None = None
         self._thread: threading.Thread | None = None
         self.disk_check_s = DISK_CHECK_S
+        self.listener: Listener | None = None
+        self.forwarder: Forwarder | None = None
 
     # -- the main thread --------------------------------------------------------------------
     def run(self) -> int:
@@ -121,12 +130,19 @@ class Worker:
             return 1
         hot = HotFolder(config.hot_folder, config.settle_s, config.polling, config.poll_interval_s)
         hot.start()
+        if config.pacs_destinations:
+            self.forwarder = Forwarder(config, self.data)
+            self.forwarder.start()
+        if config.dicom_port:
+            self.listener = Listener(config, self.data, accepting=lambda: self.accepting, on_queued=self.wake.set)
+            self._start_listener(store)
         log.info("watching %s (%s); model %s; backend %s on %s", config.hot_folder,
                  "polling" if config.polling else "inotify", self.bundle.label, self.backend_info.get("name"),
                  self.backend_info.get("device"))
         self.notifier.ready(f"watching the hot folder; backend {self.backend_info.get('name')}")
         code = 0
         last = dict.fromkeys(("beat", "disk", "retention", "rescan", "watchdog"), float("-inf"))
+        last["listener"] = time.monotonic()
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -141,6 +157,9 @@ class Worker:
                     hot.rescan()
                 if self.accepting:
                     self._take(hot, store)
+                if self.listener is not None and not self.listener.alive() and now - last["listener"] >= LISTENER_RETRY_S:
+                    last["listener"] = now
+                    self._start_listener(store)
                 healthy = self._healthy(hot)
                 if now - last["beat"] >= HEARTBEAT_S:
                     last["beat"] = now
@@ -156,14 +175,22 @@ class Worker:
                     log.error("the hot-folder observer stopped")
                     code = 1
                     break
+                if self.forwarder is not None and not self.forwarder.alive():
+                    log.error("the forwarding thread stopped: %s", self.forwarder.fatal or "unknown reason")
+                    code = 1
+                    break
                 self.stop.wait(0.1)
         finally:
             self.notifier.stopping()
             log.info("stopping: finishing the current image")
             self.stop.set()
             self.wake.set()
+            if self.listener is not None:
+                self.listener.stop()  # no new C-STORE; those being written finish first
             hot.stop()
             self._thread.join()
+            if self.forwarder is not None:
+                self.forwarder.stop()
             self._beat(store, state="stopped")
             store.close()
         log.info("stopped")
@@ -182,6 +209,13 @@ class Worker:
             except OSError as err:
                 log.error("cannot take a file from the hot folder: %s", err.strerror or err)
                 hot.taken(path)
+
+    def _start_listener(self, store: Store) -> None:
+        try:
+            self.listener.start()
+        except OSError as err:
+            log.error("DICOM listener not started: %s (retrying every %.0f s)", err.strerror or err, LISTENER_RETRY_S)
+            store.add_event("dicom", self.listener.error or str(err))
 
     def _check_disk(self) -> None:
         self.disk_free_mb = round(free_mb(self.data.root), 1)
@@ -212,6 +246,8 @@ class Worker:
             "backend": self.backend_info,
             "model": self.bundle.describe() if self.bundle else None,
             "hot_folder_mode": "polling" if self.config.polling else "inotify",
+            "dicom_listener": self.listener.status() if self.listener is not None else {"enabled": False},
+            "forwarder_alive": self.forwarder.alive() if self.forwarder is not None else None,
         })
 
     # -- the inference thread ------------------------------------------------------------------
@@ -289,9 +325,15 @@ class Worker:
             return backend
         atomic_write(data.image(item_id), plain_png(radiograph))
         atomic_write(data.result_json(item_id), dump(record))
+        outbox = None
+        if self.forwarder is not None and result.metadata.get("source_format") == "dicom" \
+                and result.metadata.get("study_instance_uid"):
+            outbox = dicom_results.plan(self.forwarder.keys)  # new UIDs, persisted with the result
         store.finish(item_id, "done", result=record, patient=result.patient, total_ms=result.timings_ms.get("total"),
-                     truth=self.truth.get(Path(item["name"]).name))
+                     truth=self.truth.get(Path(item["name"]).name), outbox=outbox)
         move_durable(spool, data.processed / sha)
+        if outbox:
+            self.forwarder.wake.set()
         verdicts = ", ".join(f"{s['side']}={'FRACTURE' if s['fracture'] else 'none'} ({s['probability']:.2f})"
                              for s in result.sides)
         log.info("item %d read in %.0f ms: %s", item_id, result.timings_ms.get("total", 0.0), verdicts)
@@ -361,9 +403,34 @@ def main(argv: list[str] | None = None) -> int:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("watchdog", "PIL"):
+    for noisy in ("watchdog", "PIL", "pynetdicom", "highdicom"):  # pynetdicom's INFO/DEBUG lines can quote datasets
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineFromPeers())
+    threading.excepthook = _thread_died
     quiet_dicom_warnings()
+
+
+class OneLineFromPeers(logging.Filter):
+    """What pynetdicom says about a misbehaving peer (junk on the port, a reset connection) in one
+    short line: no traceback, no dump of the bytes that came."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pynetdicom"):
+            message = record.getMessage().strip().splitlines()
+            if record.exc_info and record.exc_info[1] is not None:
+                message = [*message[:1], f"{type(record.exc_info[1]).__name__}"]
+            text = ": ".join(m for m in message[:2] if m) or "(no message)"
+            record.msg, record.args, record.exc_info, record.exc_text = text[:200], None, None, None
+        return True
+
+
+def _thread_died(args) -> None:
+    """A thread that is not ours (pynetdicom's, one per association) died: one line, no traceback."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("thread %s stopped: %s", name, args.exc_type.__name__)
 
 
 def quiet_dicom_warnings() -> None:

@@ -73,6 +73,8 @@ def write_config(tmp_path: Path, bundle: Path, **extra) -> Path:
     for key, value in values.items():
         if isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"{key} = {json.dumps([str(v) for v in value])}")
         elif isinstance(value, (int, float)):
             lines.append(f"{key} = {value}")
         else:
@@ -189,3 +191,147 @@ def kiosk_server(config):
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
         server.close()
+
+
+# -- real DICOM peers (Debian packages dcmtk and orthanc), on loopback only ----------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def need_binary(name: str, package: str) -> str:
+    """The path of a peer's executable, or skip the test saying what to install."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian package {package})")
+    return path
+
+
+def dcmtk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a dcmtk tool (storescu, echoscu, dcmcjpeg...)."""
+    exe = need_binary(args[0], "dcmtk")
+    return subprocess.run([exe, *args[1:]], capture_output=True, text=True, timeout=timeout)
+
+
+ORTHANC_LUA = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  print('HIPCAD-TEST RECEIVED ' .. dicom.SOPInstanceUID .. ' FROM ' .. (origin['RemoteAet'] or '?'))
+  return true
+end
+"""
+
+
+class Orthanc:
+    """A real Orthanc on loopback: storage in ``root``, HTTP API without authentication (loopback
+    only: RemoteAccessAllowed false), DICOM only from the listed modalities on 127.0.0.1. A Lua
+    filter logs every received C-STORE, duplicates included, so tests can count arrivals."""
+
+    AE_TITLE = "ORTHANC"
+
+    def __init__(self, root: Path, modalities: dict[str, int]) -> None:
+        self.exe = need_binary("Orthanc", "orthanc")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.http_port, self.dicom_port = free_port(), free_port()
+        (self.root / "received.lua").write_text(ORTHANC_LUA)
+        config = {
+            "Name": "hipcad-test",
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.AE_TITLE,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
+            "WebDavEnabled": False,
+            "Plugins": [],
+            "LuaScripts": [str(self.root / "received.lua")],
+            # Orthanc 1.10 has no bind address for DICOM: only these AE titles, from 127.0.0.1, may talk to it
+            "DicomModalities": {name.lower(): [name, "127.0.0.1", port] for name, port in modalities.items()},
+            "DicomCheckModalityHost": True,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowEcho": False,
+            "StableAge": 1,
+        }
+        self.config = self.root / "orthanc.json"
+        self.config.write_text(json.dumps(config, indent=2))
+        self.log = self.root / "orthanc.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> "Orthanc":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.exe, str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.root)
+        wait_for(lambda: self._answers() or self.proc.poll() is not None, timeout, what="Orthanc to start")
+        assert self.proc.poll() is None, self.log.read_text(errors="replace")[-2000:]
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def get(self, path: str):
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.load(response)
+
+    def post(self, path: str, body):
+        import urllib.request
+
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def study_instances(self, study_uid: str) -> list[dict]:
+        """The instances Orthanc holds in that study, each with its main tags."""
+        found = self.post("/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
+        if not found:
+            return []
+        assert len(found) == 1, found
+        return self.get(f"/studies/{found[0]}/instances")
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/instances/{orthanc_id}/file", timeout=10) as response:
+            return response.read()
+
+    def received(self) -> dict[str, int]:
+        """SOP Instance UID -> how many C-STOREs of it arrived (all runs of this Orthanc)."""
+        counts: dict[str, int] = {}
+        if self.log.exists():
+            for line in self.log.read_text(errors="replace").splitlines():
+                if "HIPCAD-TEST RECEIVED " in line:
+                    uid = line.split("HIPCAD-TEST RECEIVED ", 1)[1].split(" ", 1)[0]
+                    counts[uid] = counts.get(uid, 0) + 1
+        return counts
+
+    def __enter__(self) -> "Orthanc":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
