@@ -38,7 +38,7 @@ DEMO_DATA ?= .cache/demo-train
 demo-model: setup
 	$(VENV)/bin/hipcad synth --out $(DEMO_DATA) --count 1600 --seed 1000 --jobs 2 --force -q
 	$(VENV)/bin/hipcad train $(DEMO_DATA) --out runtime/models/demo --arch efficientnet_b0 --input-size 256 \
-	  --epochs 16 --batch-size 32 --lr 2e-3 --seed 0 --no-torch --synthetic-demo
+	  --epochs 20 --batch-size 16 --lr 1e-3 --seed 0 --no-torch --synthetic-demo
 
 # On a machine with an NVIDIA GPU and PyTorch: one command, well under ten minutes.
 gpu-check: setup

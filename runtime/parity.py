@@ -10,8 +10,7 @@ import sys
 import numpy as np
 
 from .errors import HipcadError
-from .postprocess import fracture_probability
-from .selftest import TOLERANCES, reference_inputs
+from .selftest import compare_outputs, reference_inputs
 
 
 def gather_inputs(bundle, files: list[str], count: int) -> np.ndarray:
@@ -25,27 +24,6 @@ def gather_inputs(bundle, files: list[str], count: int) -> np.ndarray:
     if not batches:
         raise HipcadError("no inputs: give --count > 0 or radiograph files")
     return np.concatenate(batches)
-
-
-def compare_outputs(a: tuple, b: tuple, threshold: float, precision: str) -> dict:
-    (la, ca), (lb, cb) = a, b
-    tol = TOLERANCES[precision]
-    scale = np.maximum(np.abs(ca).reshape(len(ca), -1).max(axis=1), 1e-12)[:, None, None]
-    rel_cam = np.abs(ca - cb) / scale
-    d_logits = np.abs(la - lb)
-    verdict_a = fracture_probability(la) >= threshold
-    verdict_b = fracture_probability(lb) >= threshold
-    result = {
-        "precision": precision,
-        "tolerance": tol,
-        "logits_max_abs": float(d_logits.max()),
-        "logits_mean_abs": float(d_logits.mean()),
-        "cam_max_rel": float(rel_cam.max()),
-        "cam_mean_rel": float(rel_cam.mean()),
-        "verdict_agreement": float((verdict_a == verdict_b).mean()),
-    }
-    result["agree"] = bool(result["logits_max_abs"] <= tol["logits"] and result["cam_max_rel"] <= tol["cam"])
-    return result
 
 
 def parity_main(argv: list[str] | None = None) -> int:

@@ -38,35 +38,50 @@ def reference_inputs(count: int, input_hw: tuple[int, int], seed: int) -> np.nda
     return out
 
 
-def compare(precision: str, logits: np.ndarray, cam: np.ndarray, ref_logits: np.ndarray, ref_cam: np.ndarray) -> dict:
-    """Differences between outputs and references, and whether they are within tolerance."""
+def compare_outputs(a: tuple, b: tuple, threshold: float, precision: str) -> dict:
+    """Differences between two backends' (logits, cam) on the same inputs, and whether they are
+    within ``precision``'s tolerance: max and mean |logits diff|, max and mean heatmap diff
+    relative to each reference map's maximum, and the share of equal verdicts at ``threshold``."""
+    from .postprocess import fracture_probability
+
+    (la, ca), (lb, cb) = a, b
     tol = TOLERANCES[precision]
-    d_logits = float(np.abs(logits - ref_logits).max())
-    scale = np.maximum(np.abs(ref_cam).reshape(len(ref_cam), -1).max(axis=1), 1e-12)
-    d_cam = float((np.abs(cam - ref_cam).reshape(len(cam), -1).max(axis=1) / scale).max())
-    agree = bool(np.array_equal(logits.argmax(1), ref_logits.argmax(1)))
-    ok = d_logits <= tol["logits"] and d_cam <= tol["cam"] and cam.shape == ref_cam.shape
-    return {"max_abs_logits": d_logits, "max_rel_cam": d_cam, "argmax_agree": agree, "ok": ok, "tolerance": tol}
+    if ca.shape != cb.shape or la.shape != lb.shape:
+        return {"precision": precision, "tolerance": tol, "agree": False,
+                "error": f"shapes differ: logits {list(la.shape)} vs {list(lb.shape)}, cam {list(ca.shape)} vs {list(cb.shape)}"}
+    scale = np.maximum(np.abs(ca).reshape(len(ca), -1).max(axis=1), 1e-12)[:, None, None]
+    rel_cam = np.abs(ca - cb) / scale
+    d_logits = np.abs(la - lb)
+    verdict_a = fracture_probability(la) >= threshold
+    verdict_b = fracture_probability(lb) >= threshold
+    result = {
+        "precision": precision,
+        "tolerance": tol,
+        "logits_max_abs": float(d_logits.max()),
+        "logits_mean_abs": float(d_logits.mean()),
+        "cam_max_rel": float(rel_cam.max()),
+        "cam_mean_rel": float(rel_cam.mean()),
+        "verdict_agreement": float((verdict_a == verdict_b).mean()),
+    }
+    result["agree"] = bool(result["logits_max_abs"] <= tol["logits"] and result["cam_max_rel"] <= tol["cam"])
+    return result
 
 
 def run_selftest(backend) -> dict:
     """Run the bundle's reference inputs through an active backend; raise SelfTestError if off."""
     path = backend.bundle.file("selftest")
     if path is None or not path.is_file():
-        return {"ok": True, "skipped": "bundle has no self-test data"}
+        return {"agree": True, "skipped": "bundle has no self-test data"}
     with np.load(path) as ref:
         images, ref_logits, ref_cam = ref["image"], ref["logits"], ref["cam"]
-    logits, cam = backend.infer(images)
-    if cam.shape != ref_cam.shape:
-        raise SelfTestError(
-            f"backend {backend.name!r} self-test failed: heatmap shape {list(cam.shape)} != expected {list(ref_cam.shape)}"
-        )
-    result = compare(backend.precision, logits, cam, ref_logits, ref_cam)
-    if not result["ok"]:
+    result = compare_outputs((ref_logits, ref_cam), backend.infer(images), backend.bundle.threshold, backend.precision)
+    if "error" in result:
+        raise SelfTestError(f"backend {backend.name!r} self-test failed: {result['error']}; refusing to use it")
+    if not result["agree"]:
         raise SelfTestError(
             f"backend {backend.name!r} ({backend.precision}) failed its self-test on the bundle's reference inputs: "
-            f"max |logits diff| {result['max_abs_logits']:.3g} (limit {result['tolerance']['logits']}), "
-            f"max relative heatmap diff {result['max_rel_cam']:.3g} (limit {result['tolerance']['cam']}); "
+            f"max |logits diff| {result['logits_max_abs']:.3g} (limit {result['tolerance']['logits']}), "
+            f"max relative heatmap diff {result['cam_max_rel']:.3g} (limit {result['tolerance']['cam']}); "
             "refusing to use it"
         )
     return result
