@@ -18,11 +18,19 @@ HEAT_OPACITY = 0.5
 RED, GREEN, WHITE, YELLOW = (230, 40, 40), (40, 200, 90), (255, 255, 255), (255, 215, 0)
 
 
+def _jet_table() -> np.ndarray:
+    """The 'jet' colormap as a 256-entry uint8 RGB table."""
+    v = np.linspace(0.0, 4.0, 256, dtype=np.float32)[:, None]
+    rgb = np.clip(1.5 - np.abs(v - np.array([3.0, 2.0, 1.0], dtype=np.float32)), 0.0, 1.0)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+JET = _jet_table()
+
+
 def jet(values: np.ndarray) -> np.ndarray:
     """The 'jet' colormap: float [0, 1] -> uint8 RGB."""
-    v = values[..., None] * 4.0
-    rgb = np.clip(1.5 - np.abs(v - np.array([3.0, 2.0, 1.0], dtype=np.float32)), 0.0, 1.0)
-    return (rgb * 255.0).astype(np.uint8)
+    return JET[np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)]
 
 
 @lru_cache(maxsize=8)
@@ -45,11 +53,11 @@ def render(
     max_side: int = MAX_SIDE,
 ) -> Image.Image:
     h, w = display_size(pixels.shape, max_side)
-    base = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BILINEAR), dtype=np.float32)
-    heat = heatmap_on_image(prepared, cam, (h, w), pixels.shape[1])
-    alpha = (HEAT_OPACITY * heat)[..., None]
-    rgb = base[..., None] * (1.0 - alpha) + jet(heat).astype(np.float32) * alpha
-    image = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
+    base = Image.fromarray(pixels).resize((w, h), Image.BILINEAR).convert("RGB")
+    heat = np.round(heatmap_on_image(prepared, cam, (h, w), pixels.shape[1]) * 255.0).astype(np.uint8)
+    # the heatmap is blended in with an opacity that grows with its value (cold = transparent)
+    alpha = Image.fromarray(np.round(heat * HEAT_OPACITY).astype(np.uint8), mode="L")
+    image = Image.composite(Image.fromarray(JET[heat], mode="RGB"), base, alpha)
     draw = ImageDraw.Draw(image)
     mid = round(prepared.midline_x * w / pixels.shape[1])
     for y in range(0, h, 12):  # dashed midline
@@ -68,7 +76,7 @@ def render(
         outer_left = x0 == 0
         mx = x0 + size // 2 if outer_left else x1 - size // 2 - round(size * 1.2)
         draw.text((mx, size // 2), marker, font=_font(round(size * 1.8)), fill=YELLOW, stroke_width=2, stroke_fill=(0, 0, 0))
-        tw = draw.textlength(text, font=font)
+        tw = draw.textlength(text, font=font) + 4  # + the stroke on both sides
         tx = x0 + size // 2 if outer_left else max(x0 + size // 2, x1 - size // 2 - tw)
         draw.text((tx, size * 3), text, font=font, fill=colour, stroke_width=2, stroke_fill=(0, 0, 0))
     if banner:
