@@ -157,8 +157,13 @@ def train(args) -> int:
     if len(tr.labels) == 0 or len(va.labels) == 0 or len(set(va.labels.tolist())) < 2:
         raise HipcadError("the training and validation sets need halves of both classes; the dataset is too small")
 
-    model = create_timm(args.arch) if args.init is None else None
-    if args.init is not None:
+    if args.init is None:
+        model = create_timm(args.arch)
+        # timm scales the classifier's init by 1/sqrt(classes): with 2 classes the first logits
+        # are in the tens and the first epochs are spent undoing that
+        nn.init.normal_(model.classifier.weight, std=0.01)
+        nn.init.zeros_(model.classifier.bias)
+    else:
         from .checkpoint import load_timm
 
         model = load_timm(args.arch, read_state_dict(args.init))
