@@ -33,8 +33,9 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest
 
-# The bundled demo model, reproduced: synthetic phantoms -> TinyNet-C (a small EfficientNet) at 256 px,
-# from scratch (no pretrained weights can be downloaded here). Takes about 40 minutes on 2 cores.
+# A demo model trained on synthetic phantoms: TinyNet-C (a small EfficientNet) at 256 px, from scratch
+# (no pretrained weights can be downloaded here). NOTE: in the one run so far it had not started to
+# learn after 11 epochs (validation AUC ~0.5); the shipped default is therefore untrained (README).
 DEMO_DATA ?= .cache/demo-train
 demo-model: setup
 	$(VENV)/bin/hipcad synth --out $(DEMO_DATA) --count 1600 --seed 1000 --jobs 2 --force -q
