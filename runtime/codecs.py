@@ -66,10 +66,6 @@ SUPPORTED: dict[str, Codec] = {
 }
 
 
-def is_supported(uid: str) -> bool:
-    return str(uid) in SUPPORTED
-
-
 def _decoder(uid: str):
     from pydicom.pixels import get_decoder
 

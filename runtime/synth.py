@@ -230,38 +230,6 @@ def _smoothstep(x):
     return x * x * (3.0 - 2.0 * x)
 
 
-def _shell(prims, k_blend, tex=None, tex_amp=0.0):
-    """Projected attenuation of a bone made of primitives ``(sdf, R, c, rho)``.
-
-    The union is a smooth minimum of the sdfs; the chord through a shell of outer radius R and
-    cortex c gives the bright cortical rim; rho scales the trabecular core.
-    """
-    sdf = prims[0][0]
-    for p in prims[1:]:
-        sdf = _smin(sdf, p[0], k_blend)
-    wsum = 1e-4
-    rs = cs = rhos = 0.0
-    for s, r, c, rho in prims:
-        w = np.clip(0.5 - s * (0.5 / k_blend), 0.0, 1.0)
-        wsum = wsum + w
-        rs = rs + w * r
-        cs = cs + w * c
-        rhos = rhos + w * rho
-    inv = 1.0 / wsum
-    R = np.maximum(rs * inv, 1.0)
-    C = np.minimum(cs * inv, R * 0.8)
-    rho = rhos * inv
-    dd = np.minimum(np.maximum(-sdf, 0.0), R)
-    outer = 2.0 * np.sqrt(dd * (2.0 * R - dd))
-    ri = R - C
-    di = np.minimum(np.maximum(dd - C, 0.0), ri)
-    inner = 2.0 * np.sqrt(di * (2.0 * ri - di))
-    core = MU_T * rho * inner
-    if tex is not None and tex_amp:
-        core = core * (1.0 + tex_amp * tex)
-    return MU_C * (outer - inner) + core, sdf
-
-
 def _band(dist, width):
     return np.exp(-((dist * (1.0 / width)) ** 2))
 
