@@ -194,6 +194,14 @@ def kiosk_server(config):
 
 
 # -- real DICOM peers (Debian packages dcmtk and orthanc), on loopback only ----------------------------
+def kiosk_client(config_path: Path):
+    """A Flask test client of the kiosk for a config file (environment ignored)."""
+    from hipcad.appliance.config import load_config
+    from hipcad.appliance.kiosk import create_app
+
+    return create_app(load_config(config_path, environ={})).test_client()
+
+
 def free_port() -> int:
     import socket
 
@@ -203,8 +211,14 @@ def free_port() -> int:
 
 
 def need_binary(name: str, package: str) -> str:
-    """The path of a peer's executable, or skip the test saying what to install."""
-    path = shutil.which(name)
+    """The path of a peer's executable, or skip the test saying what to install.
+
+    The virtualenv's own bin folder is left out of the search: pynetdicom installs Python
+    look-alikes of dcmtk's tools (storescu, echoscu...) there, with other options."""
+    venv_bin = os.path.dirname(sys.executable)
+    search = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                             if d and os.path.realpath(d) != os.path.realpath(venv_bin))
+    path = shutil.which(name, path=search)
     if path is None:
         pytest.skip(f"{name} is not installed (Debian package {package})")
     return path

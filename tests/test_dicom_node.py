@@ -19,18 +19,12 @@ from hipcad.appliance.files import DataDir
 from hipcad.appliance.store import Store
 
 from .appliance_support import (  # noqa: F401 - fixtures
-    WorkerProcess, dcmtk, finished, free_port, need_binary, small_bundle, store_counts, wait_for, write_config,
+    kiosk_client, WorkerProcess, dcmtk, finished, free_port, need_binary, small_bundle, store_counts, wait_for, write_config,
 )
 
 MODALITY = "MODALITY"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 SC = "1.2.840.10008.5.1.4.1.1.7"
-
-
-def kiosk_client(config_path: Path):
-    from hipcad.appliance.kiosk import create_app
-
-    return create_app(load_config(config_path, environ={})).test_client()
 
 
 def transfer_syntax(path: Path) -> str:

@@ -14,18 +14,12 @@ from hipcad.appliance.config import load_config
 from hipcad.appliance.store import Store
 
 from .appliance_support import (  # noqa: F401 - fixtures
-    Orthanc, WorkerProcess, dcmtk, finished, free_port, need_binary, small_bundle, wait_for, write_config,
+    kiosk_client, Orthanc, WorkerProcess, dcmtk, finished, free_port, need_binary, small_bundle, wait_for, write_config,
 )
 
 MODALITY = "MODALITY"
 SC = "1.2.840.10008.5.1.4.1.1.7"
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
-
-
-def kiosk_client(config_path: Path):
-    from hipcad.appliance.kiosk import create_app
-
-    return create_app(load_config(config_path, environ={})).test_client()
 
 
 def health(config_path: Path) -> dict:
