@@ -20,7 +20,8 @@ from hipcad.appliance.store import Store
 
 PASSWORD = "correct horse battery"
 UNTRAINED = {"name": "b0", "label": "b0 (UNTRAINED random weights - output is meaningless, not for clinical use)",
-             "trained": False, "synthetic_demo": False, "threshold": 0.5, "backend": "onnxruntime", "device": "CPU"}
+             "trained": False, "synthetic_demo": False, "operating_point": "default", "threshold": 0.5,
+             "backend": "onnxruntime", "device": "CPU"}
 
 
 def make_config(tmp_path, **overrides) -> Config:
@@ -130,6 +131,7 @@ def test_pages_and_api(tmp_path):
     assert "PATIENT RIGHT HIP" in page and "FRACTURE SUSPECTED" in page and "no fracture detected" in page
     assert "COULD NOT READ THIS FILE" in page  # the newest is the failure
     assert "DOE JANE" in page and "DEMO MODEL, NOT FOR CLINICAL USE" in page
+    assert "operating point: default (threshold 0.5)" in page
     results = client.get("/api/results").get_json()["results"]
     assert [r["id"] for r in results] == sorted(ids, reverse=True)
     done = results[1]
