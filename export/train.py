@@ -33,7 +33,8 @@ from hipcad.runtime.metrics import binary_metrics
 from hipcad.runtime.preprocess import find_midline, image_left_side, resize_gray
 
 from .checkpoint import create_timm, read_state_dict
-from .fused import GrayToNormalized, fuse_timm
+from .fused import FusedCAMModel, GrayToNormalized, TimmFeatures, fuse_timm
+from .heads import FastaiHeadCAM, fastai_head
 
 MARGIN_PX = 50  # the paper's margin between the dividing line and the fracture box, stored pixels
 
@@ -167,7 +168,11 @@ def train(args) -> int:
         from .checkpoint import load_timm
 
         model = load_timm(args.arch, read_state_dict(args.init))
-    classifier = Classifier(model).to(memory_format=torch.channels_last)
+    # head "pool-linear": timm's avg-pool + linear; "fastai": fastai's cnn_learner head (concat
+    # max + avg pool, BN, dropout, linear, ReLU, BN, dropout, linear), as the paper's fastai 1.0 had
+    head = fastai_head(model.num_features) if args.head == "fastai" else None
+    network = model if head is None else nn.Sequential(TimmFeatures(model), head)
+    classifier = Classifier(network).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(tr.labels) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15)
@@ -212,22 +217,25 @@ def train(args) -> int:
         print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | validation loss "
               f"{val_loss:.4f} acc {row['val_accuracy']:.3f} AUC {row['val_auc']:.4f}{'  (best)' if improved else ''}", file=sys.stderr)
 
-    model.load_state_dict(best["state"])
-    model.eval()
+    network.load_state_dict(best["state"])
+    network.eval()
     classifier.eval()
     val_probs = predict_probs(classifier, va.images)
     figures = {"validation": binary_metrics(va.labels, val_probs, seed=args.seed)}
     if len(te.labels) and len(set(te.labels.tolist())) == 2:
         figures["test"] = binary_metrics(te.labels, predict_probs(classifier, te.images), seed=args.seed)
-    if args.save_checkpoint:
-        torch.save(model.state_dict(), args.save_checkpoint)
+    if args.save_checkpoint:  # in a shape `hipcad export` reads back
+        state = model.state_dict() if head is None else {
+            **{f"0.{k}": v for k, v in model.state_dict().items() if not k.startswith("classifier.")},
+            **{f"1.{k}": v for k, v in head.state_dict().items()}}
+        torch.save(state, args.save_checkpoint)
     synthetic = args.synthetic_demo or (Path(args.dataset) / "synth.json").is_file()
     training = {
         "dataset": Path(args.dataset).name,
         "radiographs": {"train": len(train_recs), "validation": len(val_recs), "test": len(test_recs)},
         "halves": {"train": int(len(tr.labels)), "validation": int(len(va.labels)), "test": int(len(te.labels))},
         "cut": f"vertical dividing line at the pelvic midline, moved to keep {MARGIN_PX} px from the fracture box",
-        "epochs": args.epochs, "best_epoch": best["epoch"], "history": history,
+        "head": args.head, "epochs": args.epochs, "best_epoch": best["epoch"], "history": history,
         "optimizer": {"name": "AdamW", "max_lr": args.lr, "weight_decay": args.weight_decay, "schedule": "one-cycle",
                       "batch_size": args.batch_size, "label_smoothing": 0.05,
                       "class_weight": [round(float(w), 4) for w in class_weight]},
@@ -237,9 +245,10 @@ def train(args) -> int:
     }
     provenance = {"source": "hipcad train", "seed": args.seed,
                   "command": "hipcad train " + " ".join(args.argv)}
-    export_bundle(fuse_timm(model), args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
+    fused = fuse_timm(model) if head is None else FusedCAMModel(TimmFeatures(model), FastaiHeadCAM(head)).eval()
+    export_bundle(fused, args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
                   trained=True, synthetic_demo=synthetic, threshold=0.5, with_torch=not args.no_torch,
-                  extra={"training": training})
+                  extra={"training": training}, head="pool-linear" if head is None else "fastai-concat-pool")
     v = figures["validation"]
     print(f"wrote {args.out}: best epoch {best['epoch']}, validation accuracy {v['accuracy']['value']:.3f}, "
           f"AUC {v['auc']['value']:.4f}" + (" (SYNTHETIC DEMO - not for clinical use)" if synthetic else ""))
@@ -253,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     parser.add_argument("--arch", default="efficientnet_b4", help="timm EfficientNet (default efficientnet_b4, as the paper)")
     parser.add_argument("--input-size", type=int, default=380, metavar="PX", help="square input size (default 380)")
+    parser.add_argument("--head", choices=("pool-linear", "fastai"), default="pool-linear",
+                        help="classifier head: timm's avg-pool + linear, or fastai's cnn_learner concat-pool head")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")

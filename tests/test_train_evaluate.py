@@ -109,3 +109,27 @@ def test_bench_json_with_baseline(tmp_path):
     # both ran the same five kinds of input in one run; hipcad must not be the slower one
     assert r["speedup_vs_baseline"] > 1.0
     assert len(r["inputs"]) + len(r["skipped_inputs"]) == 5
+
+
+def test_train_with_the_fastai_head_and_its_checkpoint_round_trip(small_dataset, tmp_path):
+    """The paper trained with fastai: the concat-pool head trains, exports with its forward-op
+    Grad-CAM, and the saved checkpoint is one that `hipcad export` reads back."""
+    out, ckpt = tmp_path / "fastai", tmp_path / "fastai.pth"
+    proc = run_cli("train", str(small_dataset), "--out", str(out), "--arch", "efficientnet_b0", "--input-size", "64",
+                   "--head", "fastai", "--epochs", "1", "--batch-size", "8", "--val", "0.25", "--test", "0.25",
+                   "--no-torch", "--save-checkpoint", str(ckpt))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cam"]["head"] == "fastai-concat-pool" and manifest["training"]["head"] == "fastai"
+    again = tmp_path / "again"
+    proc = run_cli("export", str(ckpt), "--arch", "efficientnet_b0", "--input-size", "64", "--out", str(again), "--no-torch")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((again / "manifest.json").read_text())["provenance"]["format"] == "fastai"
+    from hipcad.runtime.backends import open_backend
+    from hipcad.runtime.bundle import Bundle
+    from hipcad.runtime.selftest import reference_inputs
+
+    images = reference_inputs(3, (64, 64), seed=5)
+    with open_backend("onnxruntime", Bundle(out)) as a, open_backend("onnxruntime", Bundle(again)) as b:
+        (la, ca), (lb, cb) = a.infer(images), b.infer(images)
+    assert np.abs(la - lb).max() <= 1e-5 and np.abs(ca - cb).max() <= 1e-5 * max(np.abs(ca).max(), 1e-12)
