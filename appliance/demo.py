@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -111,30 +110,32 @@ def main(argv: list[str] | None = None) -> int:
     samples = [r.path for r in generate(root / "samples", args.count, seed=args.seed, size=(1280, 1040),
                                         formats="dicom,jpeg", progress=False)]
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # a list, not an Event: a signal handler must take no lock (Event.set in a handler deadlocks
+    # when the signal lands while the main thread holds the Event's lock inside wait())
+    signals: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: signals.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: signals.append(signum))
     children = [subprocess.Popen([sys.executable, "-m", f"hipcad.appliance.{name}", "--config", str(config)],
                                  stdout=subprocess.DEVNULL, start_new_session=True)
                 for name in ("worker", "kiosk")]
     code = 0
     try:
         url = f"http://127.0.0.1:{port}/"
-        if not wait_http(url + "api/health", 60, lambda: all(c.poll() is None for c in children) and not stop.is_set()):
-            if not stop.is_set():
+        if not wait_http(url + "api/health", 60, lambda: all(c.poll() is None for c in children) and not signals):
+            if not signals:
                 print("hipcad demo: the worker or the kiosk did not start (see the messages above)", file=sys.stderr)
                 code = 1
             return code
         print(f"kiosk: {url}", flush=True)
         print(f"hot folder: {root / 'hot'}", flush=True)
-        if wait_tcp(dicom_port, 60, lambda: all(c.poll() is None for c in children) and not stop.is_set()):
+        if wait_tcp(dicom_port, 60, lambda: all(c.poll() is None for c in children) and not signals):
             print(f"dicom: AE title {DEMO_AE_TITLE} on 127.0.0.1 port {dicom_port} "
                   f"(e.g. storescu -aec {DEMO_AE_TITLE} 127.0.0.1 {dicom_port} FILE.dcm)", flush=True)
-        elif not stop.is_set():
+        elif not signals:
             print("hipcad demo: the DICOM listener did not start (see the messages above)", file=sys.stderr)
         pending = list(samples)
         next_copy = time.monotonic()
-        while not stop.is_set():
+        while not signals:
             if any(c.poll() is not None for c in children):
                 print("hipcad demo: the worker or the kiosk stopped unexpectedly", file=sys.stderr)
                 code = 1
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copyfile(src, tmp)
                 tmp.rename(root / "hot" / src.name)
                 next_copy = time.monotonic() + args.interval
-            stop.wait(0.2)
+            time.sleep(0.2)
     finally:
         for child in children:
             if child.poll() is None:

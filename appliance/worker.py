@@ -93,6 +93,9 @@ class Worker:
         self.notifier = notifier or Notifier()
         self.data = DataDir(config.data_dir)
         self.stop = threading.Event()
+        #: set by the signal handler; a handler must take no lock (the main thread may hold the
+        #: Event's own lock when the signal arrives), so the main loop turns it into ``stop``
+        self.signalled: int | None = None
         self.wake = threading.Event()
         self.backend_ready = threading.Event()
         self.fatal: str | None = None
@@ -145,6 +148,9 @@ class Worker:
         last["listener"] = time.monotonic()
         try:
             while not self.stop.is_set():
+                if self.signalled is not None:
+                    log.info("signal %d received", self.signalled)
+                    break
                 now = time.monotonic()
                 if now - last["disk"] >= self.disk_check_s:
                     last["disk"] = now
@@ -179,7 +185,7 @@ class Worker:
                     log.error("the forwarding thread stopped: %s", self.forwarder.fatal or "unknown reason")
                     code = 1
                     break
-                self.stop.wait(0.1)
+                time.sleep(0.1)
         finally:
             self.notifier.stopping()
             log.info("stopping: finishing the current image")
@@ -392,8 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(config)
 
     def on_signal(signum, frame):
-        log.info("signal %d received", signum)
-        worker.stop.set()
+        worker.signalled = signum  # no lock, no logging here: see Worker.signalled
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
