@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -21,6 +24,33 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def atomic_write(path: Path, data) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a part.
+
+    A temporary file in the same directory is written and fsync'ed, then renamed over ``path`` with
+    ``os.replace`` (atomic on POSIX when both names are on one filesystem, per the ``os.replace``
+    docs); the directory is fsync'ed so that the rename survives a power cut. On any failure the
+    temporary file is removed and ``path`` is left as it was.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; bundle files are not secrets; the service user reads them
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class Bundle:

@@ -21,18 +21,16 @@ hash (``engine_build`` reads ``Bundle.verified_onnx_bytes``), and at run time on
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .bundle import atomic_write  # noqa: F401 - also used as engine_cache.atomic_write
 from .errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -178,33 +176,6 @@ def write_plan(bundle: "Bundle", key: EngineKey, plan, *, trt_version: str,
     }
     atomic_write(sidecar, json.dumps(record, indent=2).encode("utf-8"))
     return path
-
-
-def atomic_write(path: Path, data) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a part.
-
-    A temporary file in the same directory is written and fsync'ed, then renamed over ``path`` with
-    ``os.replace`` (atomic on POSIX when both names are on one filesystem, per the ``os.replace``
-    docs); the directory is fsync'ed so that the rename survives a power cut. On any failure the
-    temporary file is removed and ``path`` is left as it was.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; plans are not secrets and other users load them
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _version(text: str) -> tuple[int, ...]:

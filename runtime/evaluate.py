@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .bundle import MANIFEST, atomic_write
 from .dataset import Box, load_dataset
 from .errors import HipcadError
 from .metrics import binary_metrics, render_roc_png, roc_curve, threshold_for_sensitivity, threshold_for_specificity
@@ -86,15 +85,7 @@ def write_operating_points(bundle, y, p, target_sens: float, target_spec: float,
         if select not in points:
             raise HipcadError(f"unknown operating point {select!r}; defined: {', '.join(points)}")
         manifest["operating_point"] = select
-    path = bundle.path / "manifest.json"
-    fd, tmp = tempfile.mkstemp(dir=bundle.path, prefix=".manifest-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(bundle.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return points
 
 

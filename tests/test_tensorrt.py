@@ -194,7 +194,7 @@ def test_failed_write_leaves_no_partial_file(bundle, monkeypatch, failing):
     def fail(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine_cache.os, failing, fail)
+    monkeypatch.setattr(os, failing, fail)
     with pytest.raises(OSError, match="No space"):
         store(bundle, plan=b"new plan, never completed" * 1000)
     monkeypatch.undo()
@@ -226,7 +226,7 @@ def test_writer_dying_midway_leaves_only_the_old_file(bundle, monkeypatch):
             self.file.flush()
             raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(engine_cache.os, "fdopen", DiesHalfWay)
+    monkeypatch.setattr(os, "fdopen", DiesHalfWay)
     with pytest.raises(OSError, match="Input/output"):
         store(bundle, plan=b"new plan" * 1000)
     monkeypatch.undo()
