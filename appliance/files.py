@@ -8,8 +8,8 @@ value or the name a file arrived with::
     data/quarantine/<sha256>            input that could not be read
     data/quarantine/<sha256>.reason.txt why
     data/results/<id>.json              the result (no patient identity)
-    data/results/<id>.overlay.png       radiograph + heatmap + verdicts
-    data/results/<id>.image.png         the radiograph alone (read-first mode shows this)
+    data/results/<id>.overlay.jpg       radiograph + heatmap + verdicts
+    data/results/<id>.image.jpg         the radiograph alone (read-first mode shows this)
     data/outbox/<outbox id>.dcm         a DICOM result (SC or SR) waiting for, or sent to, PACS
 """
 
@@ -111,10 +111,10 @@ class DataDir:
         return self.results / f"{int(item_id)}.json"
 
     def overlay(self, item_id: int) -> Path:
-        return self.results / f"{int(item_id)}.overlay.png"
+        return self.results / f"{int(item_id)}.overlay.jpg"
 
     def image(self, item_id: int) -> Path:
-        return self.results / f"{int(item_id)}.image.png"
+        return self.results / f"{int(item_id)}.image.jpg"
 
     def result_files(self, item_id: int) -> tuple[Path, Path, Path]:
         return self.result_json(item_id), self.overlay(item_id), self.image(item_id)

@@ -117,7 +117,7 @@ def create_app(config: Config | None = None) -> Flask:
         log.info("reader answer recorded: study %d, phase %s", item_id, phase)
         return redirect(request.form.get("next") if request.form.get("next") == "/" else url_for("study", item_id=item_id), 303)
 
-    @app.get("/results/<int:item_id>/<any(overlay, image):kind>.png")
+    @app.get("/results/<int:item_id>/<any(overlay, image):kind>.jpg")
     def result_image(item_id: int, kind: str):
         row = row_or_404(item_id)
         if row["status"] != "done" or (kind == "overlay" and not cad_visible(item_id)):
@@ -125,7 +125,7 @@ def create_app(config: Config | None = None) -> Flask:
         path = data.overlay(item_id) if kind == "overlay" else data.image(item_id)
         if not path.is_file():
             abort(404)
-        return send_file(path, mimetype="image/png", max_age=0)
+        return send_file(path, mimetype="image/jpeg", max_age=0)
 
     @app.get("/export/reader-study.csv")
     def reader_study():

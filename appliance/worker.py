@@ -25,7 +25,7 @@ from pathlib import Path
 from hipcad.runtime.backends import AUTO_ORDER, open_backend
 from hipcad.runtime.bundle import load_bundle
 from hipcad.runtime.errors import BadInputError, HipcadError
-from hipcad.runtime.overlay import MAX_SIDE, display_size
+from hipcad.runtime.overlay import MAX_SIDE, display_size, encode
 from hipcad.runtime.pipeline import Pipeline
 
 from . import dicom_results
@@ -77,12 +77,13 @@ class CapturingPipeline(Pipeline):
         return self.radiograph
 
 
-def plain_png(radiograph) -> bytes:
+def plain_image(radiograph) -> bytes:
+    """The radiograph alone at overlay size, encoded as the overlay is (JPEG)."""
     from PIL import Image
 
     h, w = display_size(radiograph.pixels.shape, MAX_SIDE)
     buf = io.BytesIO()
-    Image.fromarray(radiograph.pixels).resize((w, h), Image.BILINEAR).save(buf, format="PNG", compress_level=1)
+    encode(Image.fromarray(radiograph.pixels).resize((w, h), Image.BILINEAR, reducing_gap=3.0), buf)
     return buf.getvalue()
 
 
@@ -329,7 +330,7 @@ class Worker:
             remove_quietly(data.overlay(item_id))
             self._quarantine(item, store, result.error or "unknown error", record)
             return backend
-        atomic_write(data.image(item_id), plain_png(radiograph))
+        atomic_write(data.image(item_id), plain_image(radiograph))
         atomic_write(data.result_json(item_id), dump(record))
         outbox = None
         if self.forwarder is not None and result.metadata.get("source_format") == "dicom" \

@@ -102,7 +102,7 @@ def _run(args, bundle, backend, pipeline, kinds, skipped, load_ms, out: Path) ->
         # warm-up: one of each kind, reported on its own (first-call costs, caches, allocator)
         warm = {}
         for name in names:
-            result = pipeline.run(kinds[name], out / f"warm-{name}.png")
+            result = pipeline.run(kinds[name], out / f"warm-{name}.jpg")
             if not result.ok:
                 print(f"hipcad bench: {name}: {result.error}", file=sys.stderr)
                 return None
@@ -114,7 +114,7 @@ def _run(args, bundle, backend, pipeline, kinds, skipped, load_ms, out: Path) ->
         per_kind: dict[str, list[float]] = {name: [] for name in names}
         order = [names[i % len(names)] for i in range(args.images)]
         for i, name in enumerate(tqdm(order, desc="hipcad", unit="image", file=sys.stderr, disable=None if not args.json else True)):
-            result = pipeline.run(kinds[name], out / f"{i}.png")
+            result = pipeline.run(kinds[name], out / f"{i}.jpg")
             for stage in STAGES:
                 timings[stage].append(result.timings_ms.get(stage, 0.0))
             per_kind[name].append(result.timings_ms["total"])
@@ -123,7 +123,7 @@ def _run(args, bundle, backend, pipeline, kinds, skipped, load_ms, out: Path) ->
         report["per_input_ms"] = {name: pct(v) for name, v in per_kind.items()}
         # the worker's pipeline: the next radiograph decoded while the current one is inferred
         start = time.perf_counter()
-        done = sum(r.ok for r in pipeline.run_many((kinds[name], out / f"t{i}.png") for i, name in enumerate(order)))
+        done = sum(r.ok for r in pipeline.run_many((kinds[name], out / f"t{i}.jpg") for i, name in enumerate(order)))
         report["throughput_per_s"] = round(done / (time.perf_counter() - start), 3)
         report["sequential_per_s"] = round(1000.0 * len(order) / sum(timings["total"]), 3)
     flops = (bundle.manifest.get("compute") or {}).get("flops_per_input")
@@ -149,11 +149,11 @@ def run_baseline(bundle, kinds, names, count, out, quiet) -> dict:
     from .bench_baseline import Baseline
 
     baseline = Baseline(bundle)
-    baseline.run(kinds[names[0]], out / "b-warm.png")  # warm-up, excluded
+    baseline.run(kinds[names[0]], out / "b-warm.jpg")  # warm-up, excluded
     times = {stage: [] for stage in ("decode", "preprocess", "inference", "postprocess", "total")}
     order = [names[i % len(names)] for i in range(count)]
     for i, name in enumerate(tqdm(order, desc="baseline", unit="image", file=sys.stderr, disable=None if not quiet else True)):
-        for stage, seconds in baseline.run(kinds[name], out / f"b{i}.png").items():
+        for stage, seconds in baseline.run(kinds[name], out / f"b{i}.jpg").items():
             times[stage].append(seconds * 1000.0)
     return {"what": "timm EfficientNet in PyTorch eager (NCHW) + pytorch-grad-cam GradCAM (forward + backward), "
                     "pydicom/Pillow full-resolution decode, centre split, show_cam_on_image overlay",

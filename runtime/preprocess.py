@@ -68,7 +68,7 @@ def find_midline(pixels: np.ndarray) -> int:
     rows, cols = pixels.shape
     work_w = min(MIDLINE_WORK_WIDTH, cols)
     work_h = max(8, round(rows * work_w / cols))
-    small = np.asarray(Image.fromarray(pixels).resize((work_w, work_h), Image.BILINEAR), dtype=np.float32)
+    small = np.asarray(Image.fromarray(pixels).resize((work_w, work_h), Image.BILINEAR, reducing_gap=3.0), dtype=np.float32)
     # edges, robust to exposure gradients: horizontal + vertical gradient magnitude
     edges = np.abs(np.diff(small, axis=1))[:-1, :] + np.abs(np.diff(small, axis=0))[:, :-1]
     # a few very strong edges (collimator shutters, markers, the film's border) must not outvote

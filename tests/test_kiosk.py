@@ -74,7 +74,7 @@ def test_authentication_required_off_loopback(tmp_path):
     config = make_config(tmp_path, kiosk_bind="0.0.0.0", kiosk_password_hash=generate_password_hash(PASSWORD))
     populate(config)
     client = create_app(config).test_client()
-    for url in ("/", "/study/1", "/api/results", "/api/health", "/metrics", "/results/1/overlay.png", "/export/reader-study.csv"):
+    for url in ("/", "/study/1", "/api/results", "/api/health", "/metrics", "/results/1/overlay.jpg", "/export/reader-study.csv"):
         response = client.get(url)
         assert response.status_code == 401, url
         assert response.headers["WWW-Authenticate"].startswith("Basic")
@@ -111,7 +111,7 @@ def test_security_headers(tmp_path):
     config = make_config(tmp_path)
     populate(config)
     client = create_app(config).test_client()
-    for url in ("/", "/study/1", "/api/results", "/results/1/overlay.png"):
+    for url in ("/", "/study/1", "/api/results", "/results/1/overlay.jpg"):
         response = client.get(url)
         assert "default-src 'self'" in response.headers["Content-Security-Policy"], url
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
@@ -138,13 +138,13 @@ def test_pages_and_api(tmp_path):
     assert {"id", "status", "sides", "error", "overlay_url", "time", "model"} <= set(done)
     assert done["status"] == "done" and done["sides"][0] == {"side": "right", "probability": 0.91, "fracture": True,
                                                              "heatmap_peak": [10, 10]}
-    assert done["overlay_url"] == f"/results/{done['id']}/overlay.png" and "patient" not in done
+    assert done["overlay_url"] == f"/results/{done['id']}/overlay.jpg" and "patient" not in done
     assert results[0]["status"] == "failed" and results[0]["error"] and results[0]["overlay_url"] is None
-    assert client.get(done["overlay_url"]).content_type == "image/png"
+    assert client.get(done["overlay_url"]).content_type == "image/jpeg"
     detail = client.get(f"/api/results/{done['id']}").get_json()
     assert detail["timings_ms"] == {"total": 250.0} and "DOE" not in str(detail)
     assert client.get("/api/results/999").status_code == 404
-    assert client.get(f"/results/{results[0]['id']}/overlay.png").status_code == 404
+    assert client.get(f"/results/{results[0]['id']}/overlay.jpg").status_code == 404
     assert client.get("/api/results?limit=2").get_json()["results"][1]["id"] == ids[-2]
     study = client.get(f"/study/{done['id']}").get_data(as_text=True)
     assert "PATIENT LEFT HIP" in study and "took 0.25 s" in study
@@ -175,8 +175,8 @@ def test_read_first_hides_cad_until_answered(tmp_path):
     populate(config)
     client = create_app(config).test_client()
     html = client.get("/study/1").get_data(as_text=True)
-    assert "FRACTURE SUSPECTED" not in html and "no fracture detected" not in html and "/results/1/image.png" in html
-    assert client.get("/results/1/overlay.png").status_code == 404
+    assert "FRACTURE SUSPECTED" not in html and "no fracture detected" not in html and "/results/1/image.jpg" in html
+    assert client.get("/results/1/overlay.jpg").status_code == 404
     hidden = client.get("/api/results/1").get_json()
     assert hidden["cad_hidden"] and hidden["sides"] == [] and hidden["overlay_url"] is None
     token = token_of(html)
@@ -186,7 +186,7 @@ def test_read_first_hides_cad_until_answered(tmp_path):
     assert client.post("/study/1/answer", data={**after_first, "phase": "before", "right": "1"}).status_code == 303
     html = client.get("/study/1").get_data(as_text=True)
     assert "FRACTURE SUSPECTED" in html and 'data-phase="after"' in html
-    assert client.get("/results/1/overlay.png").status_code == 200
+    assert client.get("/results/1/overlay.jpg").status_code == 200
     assert client.post("/study/1/answer", data=after_first).status_code == 303
     assert "Answers recorded" in client.get("/study/1").get_data(as_text=True)
     rows = list(csv.reader(io.StringIO(client.get("/export/reader-study.csv").get_data(as_text=True))))

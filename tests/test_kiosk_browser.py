@@ -69,7 +69,7 @@ def test_live_update_and_read_first_in_a_browser(tmp_path, small_bundle, radiogr
             reader = browser.new_page(viewport={"width": 1440, "height": 1000})
             reader.goto(reader_url + "/study/2")
             assert reader.locator(".verdict").count() == 0
-            assert "/results/2/image.png" in reader.get_attribute("section.study img", "src")
+            assert "/results/2/image.jpg" in reader.get_attribute("section.study img", "src")
             reader.fill("input[name=reader]", "Dr Night")
             reader.check("input[name=right][value='1']")
             reader.check("input[name=left][value='0']")
@@ -77,7 +77,7 @@ def test_live_update_and_read_first_in_a_browser(tmp_path, small_bundle, radiogr
             reader.click("form.answer button[type=submit]")
             reader.wait_for_selector(".verdict")
             assert reader.locator("form.answer[data-phase='after']").count() == 1
-            assert "/results/2/overlay.png" in reader.get_attribute("section.study figure img", "src")
+            assert "/results/2/overlay.jpg" in reader.get_attribute("section.study figure img", "src")
             reader.check("input[name=right][value='0']")
             screenshot(reader, tmp_path, "kiosk-read-first-after.png")
             reader.click("form.answer button[type=submit]")

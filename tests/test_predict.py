@@ -67,7 +67,8 @@ def test_predict_json_contract_and_bad_inputs(b4_bundle, inputs, tmp_path):
             assert 0.0 <= s["probability"] <= 1.0 and s["fracture"] == (s["probability"] >= 0.5)
         assert set(r["timings_ms"]) >= {"decode", "preprocess", "inference", "postprocess", "total"}
         overlay = Image.open(r["overlay"])
-        assert max(overlay.size) <= 1024 and overlay.mode == "RGB"
+        assert max(overlay.size) <= 1024 and overlay.mode == "RGB" and overlay.format == "JPEG"
+        assert r["overlay"].endswith(".overlay.jpg")
     expected = {
         "truncated.jpg": "truncated",
         "corrupt.dcm": "",

@@ -152,7 +152,7 @@ def test_sigkill_five_times_loses_and_duplicates_nothing(tmp_path, small_bundle,
             with Image.open(png) as im:
                 im.load()
     assert len(list(data.results.glob("*.json"))) == len(inputs)
-    assert len(list(data.results.glob("*.overlay.png"))) == len(inputs)
+    assert len(list(data.results.glob("*.overlay.jpg"))) == len(inputs)
     assert not [p for p in data.results.iterdir() if p.name.startswith(".")]
     assert not list(data.incoming.iterdir()) and not any(hot.iterdir())
     assert len(list(data.processed.iterdir())) == len(inputs)
