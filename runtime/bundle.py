@@ -143,6 +143,7 @@ class Bundle:
             "path": str(self.path),
             "architecture": self.architecture,
             "input_size": list(self.input_hw),
+            "precision": self.manifest.get("precision", "fp32"),
             "synthetic_demo": self.synthetic_demo,
             "trained": self.trained,
             "operating_point": self.operating_point,

@@ -20,6 +20,7 @@ from .errors import HipcadError
 COMMANDS = {
     "export": ("hipcad.export.cli:main", "checkpoint (or --random-init) -> model bundle (ONNX with fused Grad-CAM)"),
     "train": ("hipcad.export.train:main", "fine-tune on a dataset folder (paper's half cut, split by patient) -> bundle"),
+    "quantize": ("hipcad.export.quantize:main", "FP32 bundle -> INT8 bundle for CPUs (ONNX Runtime), with its agreement with FP32"),
     "build-engine": ("hipcad.runtime.engine_build:build_engine_main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
     "predict": ("hipcad.runtime.cli:predict_main", "read radiographs: verdict per hip, heatmap overlay, timings"),
     "synth": ("hipcad.runtime.synth:synth_main", "write synthetic AP pelvis phantoms with fracture labels"),
@@ -96,6 +97,7 @@ def safe_stem(path: Path) -> str:
 def predict_main(argv: list[str] | None = None) -> int:
     from .backends import CHOICES, open_backend
     from .bundle import load_bundle
+    from .overlay import OVERLAY_SUFFIX
     from .pipeline import Pipeline
 
     parser = argparse.ArgumentParser(
@@ -105,7 +107,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("inputs", nargs="+", metavar="FILE", help="radiograph files or folders")
     parser.add_argument("--model", metavar="BUNDLE", help="model bundle folder (default: the bundled demo model)")
-    parser.add_argument("--out", metavar="DIR", help="write overlay PNGs and result JSON files here")
+    parser.add_argument("--out", metavar="DIR", help="write overlays (JPEG) and result JSON files here")
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
     parser.add_argument("--backend", default="auto", choices=CHOICES, help="inference backend (default: auto)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -137,7 +139,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                 while stem in used:
                     stem, n = f"{base}-{n}", n + 1
                 used.add(stem)
-                overlay = out / f"{stem}.overlay.png"
+                overlay = out / f"{stem}.overlay{OVERLAY_SUFFIX}"
             result = pipeline.run(path, overlay)
             all_ok &= result.ok
             record = result.to_json()

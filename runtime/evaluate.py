@@ -65,6 +65,7 @@ def score_dataset(pipeline, dataset, progress: bool = True) -> tuple[list[dict],
                 "truth": int(label.fracture),
                 "probability": side["probability"],
                 "predicted": int(side["fracture"]),
+                "peak_box": list(side["heatmap_peak_box"]),
                 "peak_in_box": (peak.intersection(label.box) > 0) if label.fracture and label.box else None,
                 "peak_outside_neck": (not region.contains(Box(cx, cy, cx, cy))) if (not label.fracture and region) else None,
             })

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class Backend:
     #: registry name ("onnxruntime", "tensorrt", "torch")
     name: str = "base"
-    #: numeric precision the outputs are computed in ("fp32" | "fp16"); selects self-test tolerances
+    #: numeric precision the outputs are computed in ("fp32" | "fp16" | "int8"); selects self-test tolerances
     precision: str = "fp32"
 
     def __init__(self, bundle: "Bundle") -> None:

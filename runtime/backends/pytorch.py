@@ -36,6 +36,10 @@ class TorchBackend(Backend):
         import torch
 
         path = self.bundle.file("torch")
+        if self.bundle.manifest.get("precision", "fp32") != "fp32":
+            raise BackendUnavailableError(
+                f"bundle {self.bundle.path} is {self.bundle.manifest['precision']} (for ONNX Runtime); "
+                "the torch backend runs FP32 bundles")
         if path is None or not path.is_file():
             raise BackendUnavailableError(
                 f"bundle {self.bundle.path} has no PyTorch program (model.pt2); re-export it without --no-torch"
