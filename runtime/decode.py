@@ -37,9 +37,9 @@ def sniff(head: bytes) -> str | None:
 def decode(path: str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None) -> Radiograph:
     """Decode ``path`` into a display-ready 8-bit radiograph.
 
-    ``min_side`` lets JPEG decoding use libjpeg's DCT scaling (1/2, 1/4, 1/8) as long as the
-    decoded image keeps at least that many pixels on its shorter side; the stored geometry is
-    kept in ``Radiograph.original_shape``.
+    ``min_side`` lets JPEG decoding use libjpeg's DCT scaling (1/2, 1/4, 1/8), and DICOM decoding
+    average the stored values over k x k blocks, as long as the decoded image keeps at least that
+    many pixels on its shorter side; the stored geometry is kept in ``Radiograph.original_shape``.
     """
     path = Path(path)
     try:
@@ -59,7 +59,7 @@ def decode(path: str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS, min_s
     if kind == "dicom":
         from .dicom import decode_dicom
 
-        return decode_dicom(path, limits)
+        return decode_dicom(path, limits, min_side)
     if kind in ("jpeg", "png"):
         return decode_raster(path, kind, limits, min_side)
     raise BadInputError("not a DICOM, JPEG or PNG file (unrecognised content)")

@@ -692,8 +692,29 @@ def _content_warnings(metadata: dict) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS) -> Radiograph:
+def bin_stored(stored: np.ndarray, k: int) -> np.ndarray:
+    """Integer stored values averaged (rounded) over k x k blocks, in their own dtype; the last
+    ``rows % k`` rows and ``columns % k`` columns are dropped. The display pipeline then runs on
+    k*k times fewer pixels, as a detector with k-times larger pixels would give."""
+    rows, cols = (stored.shape[0] // k) * k, (stored.shape[1] // k) * k
+    wide = stored.dtype.itemsize > 2 or k > 256  # 32-bit sums hold k*k 16-bit values up to k = 256
+    acc_type = np.dtype(f"{'i' if stored.dtype.kind == 'i' else 'u'}{8 if wide else 4}")
+    # rows first (contiguous slices), then columns on k-times fewer rows
+    by_rows = stored[0:rows:k, :cols].astype(acc_type)
+    for dy in range(1, k):
+        by_rows += stored[dy:rows:k, :cols]
+    acc = by_rows[:, 0::k].copy()
+    for dx in range(1, k):
+        acc += by_rows[:, dx::k]
+    n = k * k
+    return ((acc + n // 2) // n).astype(stored.dtype)
+
+
+def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None) -> Radiograph:
     """Decode a DICOM radiograph (path or bytes) into a :class:`Radiograph`.
+
+    With ``min_side``, a grayscale image whose shorter side is at least twice that is binned
+    (:func:`bin_stored`) by the largest factor that keeps the shorter side >= ``min_side``.
 
     Raises :class:`InputTooLargeError` for a declared size beyond ``limits`` (before any
     decoding), :class:`CodecUnavailableError` when no decoder for the transfer syntax is
@@ -706,6 +727,9 @@ def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS) -> Radiograph:
         try:
             decoded = read_dicom_pixels(source, limits)
             ds, header, warns = decoded.dataset, decoded.header, decoded.warnings
+            k = min(decoded.stored.shape[:2]) // min_side if min_side else 1
+            if k >= 2 and decoded.stored.ndim == 2 and decoded.stored.dtype.kind in "ui":
+                decoded.stored = bin_stored(decoded.stored, k)
             pixels, more = display_pixels(decoded)
             metadata = {key: _text(ds, keyword) for key, keyword in _METADATA_FIELDS.items()}
             metadata["transfer_syntax"] = str(ds.file_meta.TransferSyntaxUID)

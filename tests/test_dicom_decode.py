@@ -826,3 +826,29 @@ def test_concurrent_decodes_agree(tmp_path):
         parallel = list(pool.map(lambda p: decode_dicom(p).pixels, paths * 3))
     for i, pixels in enumerate(parallel):
         assert np.array_equal(pixels, serial[i % 4])
+
+
+@pytest.mark.parametrize("bits,signed", [(12, False), (16, True)])
+def test_bin_stored_is_the_rounded_block_mean(bits, signed):
+    from hipcad.runtime.dicom import bin_stored
+
+    arr = phantom(bits, signed)
+    for k in (2, 3):
+        r, c = (ROWS // k) * k, (COLS // k) * k
+        expected = np.floor(arr[:r, :c].astype(np.float64).reshape(r // k, k, c // k, k).mean(axis=(1, 3)) + 0.5)
+        binned = bin_stored(arr, k)
+        assert binned.dtype == arr.dtype and np.array_equal(binned, expected.astype(arr.dtype))
+
+
+def test_min_side_bins_large_dicoms_and_keeps_the_stored_geometry(tmp_path):
+    arr = phantom(12)
+    path = save(make_ds(arr, 12, WindowCenter=2048, WindowWidth=4400), tmp_path / "big.dcm")  # nothing clipped
+    full = decode_dicom(path)
+    half = decode_dicom(path, min_side=ROWS // 2)  # 200 x 256 -> binned by 2
+    assert full.pixels.shape == (ROWS, COLS) and full.scale == 1.0
+    assert half.pixels.shape == (ROWS // 2, COLS // 2) and half.original_shape == (ROWS, COLS) and half.scale == 0.5
+    # where the display chain is linear (no clipping), binning before it equals binning after it,
+    # within rounding
+    means = full.pixels.astype(float).reshape(ROWS // 2, 2, COLS // 2, 2).mean(axis=(1, 3))
+    assert np.abs(half.pixels - means).max() <= 1.0
+    assert decode_dicom(path, min_side=ROWS // 2 + 1).pixels.shape == (ROWS, COLS)  # would drop below min_side
