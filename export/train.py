@@ -44,6 +44,7 @@ class Halves:
     images: np.ndarray  # uint8 [M, 1, H, W]
     labels: np.ndarray  # int64 [M]
     sources: list[str]  # "file:side" per half
+    boxes: np.ndarray  # float32 [M, 4]: the fracture box in input pixels (x0, y0, x1, y1); NaN where none
 
 
 def dividing_line(cols: int, midline: int, box_x: tuple[float, float] | None, box_on_image_left: bool, margin: float) -> int:
@@ -55,8 +56,9 @@ def dividing_line(cols: int, midline: int, box_x: tuple[float, float] | None, bo
     return int(min(max(cut, 1), cols - 1))
 
 
-def cut_record(record: ImageRecord, input_hw: tuple[int, int]) -> list[tuple[np.ndarray, int, str]]:
-    """The two labelled halves of one radiograph, cut as the paper did."""
+def cut_record(record: ImageRecord, input_hw: tuple[int, int]) -> list[tuple[np.ndarray, int, str, tuple | None]]:
+    """The two labelled halves of one radiograph, cut as the paper did, each with its fracture
+    box mapped to input pixels (None where the half has no fracture or the box is unknown)."""
     radiograph = decode(record.path, min_side=2 * max(input_hw))
     pixels, scale = radiograph.pixels, radiograph.scale
     cols = pixels.shape[1]
@@ -73,31 +75,100 @@ def cut_record(record: ImageRecord, input_hw: tuple[int, int]) -> list[tuple[np.
     cut = dividing_line(cols, find_midline(pixels), box_x, on_left, MARGIN_PX * scale)
     right_is = "left" if left_is == "right" else "right"
     spans = {left_is: (0, cut), right_is: (cut, cols)}
-    return [
-        (resize_gray(pixels[:, spans[side][0] : spans[side][1]], input_hw), int(record.sides[side].fracture), f"{record.file}:{side}")
-        for side in ("right", "left")
-    ]
+    h, w = input_hw
+    rows = pixels.shape[0]
+    out = []
+    for side in ("right", "left"):
+        x0, x1 = spans[side]
+        label = record.sides[side]
+        box = None
+        if label.fracture and label.box is not None:
+            sx, sy = w / (x1 - x0), h / rows
+            b = label.box
+            box = ((b.x0 * scale - x0) * sx, b.y0 * scale * sy, (b.x1 * scale - x0) * sx, b.y1 * scale * sy)
+        out.append((resize_gray(pixels[:, x0:x1], input_hw), int(label.fracture), f"{record.file}:{side}", box))
+    return out
 
 
-def load_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str) -> Halves:
+def _cut_or_skip(args: tuple[ImageRecord, tuple[int, int]]):
+    record, input_hw = args
+    try:
+        return cut_record(record, input_hw), None
+    except HipcadError as err:
+        return None, f"skipped {record.file}: {err}"
+
+
+def load_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str, jobs: int = 1) -> Halves:
+    """Decode and cut ``records`` (in ``jobs`` processes), keeping their order."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
-    images, labels, sources = [], [], []
-    for record in tqdm(records, desc=f"reading {desc}", unit="image", file=sys.stderr, disable=None if records else True):
-        try:
-            for image, label, source in cut_record(record, input_hw):
+    images, labels, sources, boxes = [], [], [], []
+    work = [(record, input_hw) for record in records]
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 and len(work) > 1 else None
+    try:
+        results = pool.map(_cut_or_skip, work, chunksize=8) if pool else map(_cut_or_skip, work)
+        for halves, skipped in tqdm(results, total=len(work), desc=f"reading {desc}", unit="image", file=sys.stderr,
+                                    disable=None if records else True):
+            if skipped:
+                print(skipped, file=sys.stderr)
+                continue
+            for image, label, source, box in halves:
                 images.append(image)
                 labels.append(label)
                 sources.append(source)
-        except HipcadError as err:
-            print(f"skipped {record.file}: {err}", file=sys.stderr)
+                boxes.append(box if box is not None else (np.nan,) * 4)
+    finally:
+        if pool:
+            pool.shutdown()
     h, w = input_hw
     array = np.stack(images)[:, None] if images else np.zeros((0, 1, h, w), np.uint8)
-    return Halves(array, np.asarray(labels, dtype=np.int64), sources)
+    return Halves(array, np.asarray(labels, dtype=np.int64), sources, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random flip, small affine (scale, shift, rotation), contrast/brightness/gamma: on 0..255 floats."""
+CUT_VERSION = 2  # bump when cut_record changes what it returns
+
+
+def cached_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str, jobs: int, cache: str | None) -> Halves:
+    """``load_halves``, kept in ``cache`` (an .npz per split) keyed by the files' names, sizes and
+    modification times, the input size and the cut: a second training run on the same dataset
+    skips decoding."""
+    if not cache:
+        return load_halves(records, input_hw, desc, jobs)
+    import hashlib
+
+    key = hashlib.sha256(repr((CUT_VERSION, tuple(input_hw), [
+        (str(r.path.resolve()), r.path.stat().st_size, r.path.stat().st_mtime_ns, sorted((k, repr(v)) for k, v in r.sides.items()))
+        for r in records])).encode()).hexdigest()[:20]
+    path = Path(cache) / f"halves-{desc}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            print(f"reading {desc}: {len(z['labels'])} halves from {path}", file=sys.stderr)
+            return Halves(z["images"], z["labels"], [str(x) for x in z["sources"]], z["boxes"])
+    halves = load_halves(records, input_hw, desc, jobs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=halves.images, labels=halves.labels, sources=np.asarray(halves.sources), boxes=halves.boxes)
+    os.replace(tmp, path)
+    return halves
+
+
+def box_masks(boxes: np.ndarray, input_hw: tuple[int, int]) -> torch.Tensor:
+    """float [M, 1, H, W]: 1 inside each fracture box, 0 elsewhere (all 0 where the box is NaN)."""
+    h, w = input_hw
+    ys = torch.arange(h, dtype=torch.float32).view(1, h, 1) + 0.5
+    xs = torch.arange(w, dtype=torch.float32).view(1, 1, w) + 0.5
+    b = torch.from_numpy(np.nan_to_num(boxes, nan=-1.0))
+    inside = (xs >= b[:, 0, None, None]) & (xs <= b[:, 2, None, None]) & (ys >= b[:, 1, None, None]) & (ys <= b[:, 3, None, None])
+    return inside.float().unsqueeze(1)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, masks: torch.Tensor | None = None):
+    """Random flip, small affine (scale, shift, rotation), contrast/brightness/gamma: on 0..255 floats.
+
+    With ``masks`` ([N, 1, H, W]) the same geometric transform is applied to them and
+    ``(images, masks)`` is returned."""
     n = x.shape[0]
     rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
@@ -108,6 +179,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if masks is not None:
+        masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     x = x / 255.0
     gamma = torch.exp((rand(n, 1, 1, 1) - 0.5) * 0.5)
     x = x.clamp(0, 1) ** gamma
@@ -115,7 +188,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     brightness = (rand(n, 1, 1, 1) - 0.5) * 0.16
     mean = x.mean(dim=(2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean + brightness).clamp(0, 1)
-    return x * 255.0
+    return x * 255.0 if masks is None else (x * 255.0, masks)
 
 
 class Classifier(nn.Module):
@@ -128,6 +201,16 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.preprocess(x))
+
+
+def _feature_hw(model: nn.Module, size: int) -> tuple[int, int]:
+    with torch.no_grad():
+        return tuple(model.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
+
+
+def _cell_targets(masks: torch.Tensor, hw) -> torch.Tensor:
+    """1 for feature-map cells at least 15 % covered by a fracture box, else 0."""
+    return (F.adaptive_avg_pool2d(masks, tuple(hw)) >= 0.15).float()
 
 
 def predict_probs(classifier: Classifier, images: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -152,9 +235,8 @@ def train(args) -> int:
     train_recs, val_recs, test_recs = split_by_patient(data, (1 - args.val - args.test, args.val, args.test), seed=args.seed)
     print(f"dataset {args.dataset}: {len(data)} radiographs; split by patient: train {len(train_recs)}, "
           f"validation {len(val_recs)}, test {len(test_recs)}", file=sys.stderr)
-    tr = load_halves(train_recs, (size, size), "train")
-    va = load_halves(val_recs, (size, size), "validation")
-    te = load_halves(test_recs, (size, size), "test")
+    tr, va, te = (cached_halves(recs, (size, size), desc, args.jobs, args.cache)
+                  for recs, desc in ((train_recs, "train"), (val_recs, "validation"), (test_recs, "test")))
     if len(tr.labels) == 0 or len(va.labels) == 0 or len(set(va.labels.tolist())) < 2:
         raise HipcadError("the training and validation sets need halves of both classes; the dataset is too small")
 
@@ -173,7 +255,28 @@ def train(args) -> int:
     head = fastai_head(model.num_features) if args.head == "fastai" else None
     network = model if head is None else nn.Sequential(TimmFeatures(model), head)
     classifier = Classifier(network).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # box supervision: 1x1 convolutions on the last feature map (the Grad-CAM layer) and on a middle
+    # block are taught, cell by cell, where the fracture boxes are. A training aid, not exported;
+    # the dense signal teaches the features what a fracture looks like far sooner than one label
+    # per half, and ties the heatmap to the fracture
+    aux = None
+    if args.box_supervision is None:  # default: on where it can be
+        args.box_supervision = 1.0 if head is None and np.isfinite(tr.boxes).any() else 0.0
+    if args.box_supervision > 0:
+        if head is not None:
+            raise HipcadError("--box-supervision needs --head pool-linear")
+        if not np.isfinite(tr.boxes).any():
+            raise HipcadError("--box-supervision needs fracture boxes in labels.csv (use --box-supervision 0)")
+        # a second one on a middle block (stride 16), where a thin fracture line is still a local feature
+        captured: dict[str, torch.Tensor] = {}
+        hook = model.blocks[len(model.blocks) // 2].register_forward_hook(lambda m, i, o: captured.__setitem__("mid", o))
+        final_hw = _feature_hw(model, size)
+        aux = nn.ModuleList([nn.Conv2d(model.num_features, 1, 1), nn.Conv2d(captured["mid"].shape[1], 1, 1)])
+        aux = aux.to(memory_format=torch.channels_last)
+        cells = _cell_targets(box_masks(tr.boxes, (size, size)), final_hw)
+        pos_weight = torch.tensor(float((cells.numel() - cells.sum()) / max(float(cells.sum()), 1.0)))
+    params = list(classifier.parameters()) + (list(aux.parameters()) if aux is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(tr.labels) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15)
     generator = torch.Generator().manual_seed(args.seed)
@@ -192,10 +295,21 @@ def train(args) -> int:
         total_loss = 0.0
         for step in bar:
             idx = order[step * args.batch_size : (step + 1) * args.batch_size]
-            x = augment(torch.from_numpy(tr.images[idx.numpy()]).float(), generator).contiguous(memory_format=torch.channels_last)
+            images = torch.from_numpy(tr.images[idx.numpy()]).float()
             y = torch.from_numpy(tr.labels[idx.numpy()])
-            logits = classifier(x)
-            loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=0.05)
+            if aux is None:
+                x = augment(images, generator).contiguous(memory_format=torch.channels_last)
+                logits = classifier(x)
+                loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=0.05)
+            else:
+                x, masks = augment(images, generator, box_masks(tr.boxes[idx.numpy()], (size, size)))
+                features = model.forward_features(classifier.preprocess(x.contiguous(memory_format=torch.channels_last)))
+                logits = model.forward_head(features)
+                loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=0.05)
+                for conv, fmap in zip(aux, (features, captured["mid"])):
+                    seg = conv(fmap)
+                    loss = loss + args.box_supervision * F.binary_cross_entropy_with_logits(
+                        seg, _cell_targets(masks, seg.shape[-2:]), pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -217,6 +331,8 @@ def train(args) -> int:
         print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | validation loss "
               f"{val_loss:.4f} acc {row['val_accuracy']:.3f} AUC {row['val_auc']:.4f}{'  (best)' if improved else ''}", file=sys.stderr)
 
+    if aux is not None:
+        hook.remove()
     network.load_state_dict(best["state"])
     network.eval()
     classifier.eval()
@@ -239,6 +355,7 @@ def train(args) -> int:
         "optimizer": {"name": "AdamW", "max_lr": args.lr, "weight_decay": args.weight_decay, "schedule": "one-cycle",
                       "batch_size": args.batch_size, "label_smoothing": 0.05,
                       "class_weight": [round(float(w), 4) for w in class_weight]},
+        "box_supervision": args.box_supervision if aux is not None else 0.0,
         "init": "random (no pretrained weights reachable offline)" if args.init is None else Path(args.init).name,
         "seconds": round(time.time() - start),
         "figures": figures,
@@ -270,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--val", type=float, default=0.15, help="fraction of patients for validation")
     parser.add_argument("--test", type=float, default=0.15, help="fraction of patients for test")
+    parser.add_argument("--box-supervision", type=float, metavar="W",
+                        help="weight of the per-cell fracture-box loss on the last feature map (a training aid, "
+                             "not exported; pool-linear head only; 0 = off; default 1 where the dataset has "
+                             "fracture boxes and the head is pool-linear)")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="processes decoding the dataset")
+    parser.add_argument("--cache", metavar="DIR", help="keep the decoded halves here; a later run on the same files reuses them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", metavar="CKPT", help="start from a timm state_dict (e.g. ImageNet weights) instead of random")
     parser.add_argument("--save-checkpoint", metavar="PATH", help="also save the best state_dict here")

@@ -50,6 +50,38 @@ def test_train_writes_a_labelled_bundle_with_its_figures(trained_bundle):
     assert sum(training["radiographs"].values()) == 40
     assert "accuracy" in training["figures"]["validation"]
     assert manifest["provenance"]["command"].startswith("hipcad train")
+    assert training["box_supervision"] == 1.0  # on by default: the synth folder has fracture boxes
+
+
+def test_cut_record_maps_the_fracture_box_into_its_half(small_dataset):
+    from hipcad.export.train import cut_record
+    from hipcad.runtime.dataset import load_dataset
+
+    records = [r for r in load_dataset(small_dataset) if len(r.fractured_sides) == 1]
+    assert records
+    for record in records:
+        halves = cut_record(record, (96, 96))
+        assert [label for _, label, _, _ in halves] == [int(record.sides[s].fracture) for s in ("right", "left")]
+        for image, label, source, box in halves:
+            assert image.shape == (96, 96) and (box is not None) == bool(label)
+            if box is not None:  # inside the half (the cut keeps 50 px from it), with its extent
+                x0, y0, x1, y1 = box
+                assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 96 and (x1 - x0) * (y1 - y0) >= 4
+
+
+def test_box_masks_and_the_halves_cache(small_dataset, tmp_path):
+    from hipcad.export.train import box_masks, cached_halves
+    from hipcad.runtime.dataset import load_dataset
+
+    masks = box_masks(np.array([[2, 3, 6, 5], [np.nan] * 4], dtype=np.float32), (8, 10))
+    assert masks.shape == (2, 1, 8, 10) and masks[1].sum() == 0
+    assert masks[0, 0].nonzero().tolist()[0] == [3, 2] and masks[0].sum() == 2 * 4  # rows 3-4, columns 2-5
+    records = load_dataset(small_dataset).images[:6]
+    first = cached_halves(records, (64, 64), "t", 1, str(tmp_path))
+    assert len(list(tmp_path.glob("halves-t-*.npz"))) == 1
+    again = cached_halves(records, (64, 64), "t", 2, str(tmp_path))
+    assert np.array_equal(first.images, again.images) and first.sources == again.sources
+    assert np.array_equal(np.isnan(first.boxes), np.isnan(again.boxes))
 
 
 def test_split_is_by_patient(small_dataset):
@@ -90,6 +122,39 @@ def test_operating_points_are_written_and_used(trained_bundle, small_dataset, tm
     assert result["model"]["operating_point"] == "high_sensitivity"
     assert result["model"]["threshold"] == pytest.approx(point["threshold"])
     assert "operating point: high_sensitivity" in proc.stderr
+
+
+def test_quantize_writes_an_int8_bundle_compared_with_fp32(trained_bundle, small_dataset, tmp_path):
+    from hipcad.runtime.backends import open_backend
+    from hipcad.runtime.bundle import load_bundle
+    from hipcad.runtime.errors import BackendUnavailableError
+
+    out = tmp_path / "int8"
+    proc = run_cli("quantize", str(trained_bundle), "--out", str(out), "--calibration", str(small_dataset),
+                   "--images", "8", "--eval", str(small_dataset))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and "torch" not in manifest
+    assert manifest["synthetic_demo"] is True and manifest["trained"] is True  # labels carried over
+    q = manifest["quantization"]
+    assert q["calibration"]["radiographs"] == 8 and q["source"]["onnx_sha256"] == json.loads(
+        (trained_bundle / "manifest.json").read_text())["onnx"]["sha256"]
+    agreement = q["agreement"]
+    assert agreement["halves"] == 80 and set(agreement["fp32"]) == set(agreement["int8"]) >= {"auc", "accuracy"}
+    assert 0.0 <= agreement["verdict_agreement"] <= 1.0 and 0.0 <= agreement["peak_agreement"] <= 1.0
+    assert isinstance(agreement["passed"], bool)
+    # INT8 runs: the probabilities stay near FP32's; ONNX Runtime self-tests it; the torch backend refuses it
+    assert agreement["probability_abs_diff"]["max"] < 0.1
+    bundle = load_bundle(out)
+    with open_backend("onnxruntime", bundle) as backend:
+        assert backend.precision == "int8" and backend.selftest["agree"]
+    with pytest.raises(BackendUnavailableError, match="int8"):
+        open_backend("torch", bundle)
+    proc = run_cli("predict", str(next(small_dataset.glob("*.jpg"))), "--model", str(out), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["model"]["precision"] == "int8"
+    # an INT8 bundle is not quantised twice
+    again = run_cli("quantize", str(out), "--out", str(tmp_path / "twice"), "--calibration", str(small_dataset))
+    assert again.returncode == 1 and "already int8" in again.stderr
 
 
 @pytest.mark.heavy
