@@ -375,8 +375,11 @@ class DicomPixels:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_dicom_pixels(source, limits: DecodeLimits = DEFAULT_LIMITS) -> DicomPixels:
+def read_dicom_pixels(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None) -> DicomPixels:
     """Read a DICOM file and decode the stored values of its first frame (no display pipeline).
+
+    With ``min_side``, a JPEG 2000 frame at least twice that size may be decoded at 1/2, 1/4...
+    of its size, keeping the shorter side >= ``min_side`` (:func:`_decode_j2k_reduced`).
 
     Raises the errors of :func:`decode_dicom`, except that exceptions from pydicom not
     anticipated here may pass (``decode_dicom`` wraps them), and pydicom's messages are only
@@ -397,10 +400,68 @@ def read_dicom_pixels(source, limits: DecodeLimits = DEFAULT_LIMITS) -> DicomPix
         if message:
             raise CodecUnavailableError(message)
         codec = codecs.SUPPORTED[str(ts)]
-        stored, props = _decode_first_frame(ds, ts, codec, header)
+        factor = min(header.rows, header.cols) // min_side if min_side else 0
+        reduced = _decode_j2k_reduced(ds, ts, header, factor.bit_length() - 1) if factor >= 2 else None
+        stored, props = reduced if reduced is not None else _decode_first_frame(ds, ts, codec, header)
     if header.frames > 1:
         warns.append(f"multi-frame DICOM ({header.frames} frames): only the first frame is used")
     return DicomPixels(ds, stored, props, header, ts, warns)
+
+
+J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+
+
+def _decode_j2k_reduced(ds, ts, header: _Header, reduce: int):
+    """The first frame of an unsigned grayscale JPEG 2000 image at 1/2**reduce of its size, or
+    None to take the full decoding path.
+
+    JPEG 2000 stores its image as wavelet levels: Pillow's OpenJPEG decoder can stop before the
+    finest ones (``Image.reduce``), which for a 10-megapixel radiograph takes a quarter of the
+    time of a full decode and gives the wavelet's own low-pass image. Anything unusual (signed or
+    colour data, more than one frame, a codestream Pillow refuses, a size that does not match
+    the header) goes the full way, where errors are reported.
+    """
+    if str(ts) not in J2K_SYNTAXES or header.samples != 1 or header.signed or header.frames != 1:
+        return None
+    import io
+    import warnings
+
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        precision = _j2k_precision(frame)
+        if precision is None or not (precision == 8 if header.bits_allocated <= 8 else 9 <= precision <= 16):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limits were checked on the header
+            image = Image.open(io.BytesIO(frame), formats=["JPEG2000"])
+            if image.size != (header.cols, header.rows) or image.mode not in ("L", "I;16"):
+                return None
+            image.reduce = reduce
+            image.load()
+        arr = np.asarray(image)
+    except Exception:  # noqa: BLE001 - the full path decodes it or says what is wrong
+        return None
+    expected = (-(-header.rows // (1 << reduce)), -(-header.cols // (1 << reduce)))
+    if arr.shape != expected:
+        return None
+    if image.mode == "I;16":  # Pillow shifts samples of fewer than 16 bits up to fill 16
+        arr = np.right_shift(arr.astype(np.uint16, copy=False), 16 - precision)
+    return arr, {"photometric_interpretation": header.photometric}
+
+
+def _j2k_precision(codestream: bytes) -> int | None:
+    """Bit depth of an unsigned single-component J2K codestream (its SIZ marker), else None."""
+    # SOC, SIZ marker, Lsiz, Rsiz, Xsiz..YTOsiz (8 x 4 bytes), Csiz, then Ssiz per component
+    if len(codestream) < 43 or codestream[:4] != b"\xff\x4f\xff\x51":
+        return None
+    components = int.from_bytes(codestream[40:42], "big")
+    ssiz = codestream[42]
+    if components != 1 or ssiz & 0x80:
+        return None
+    return (ssiz & 0x7F) + 1
 
 
 def _decode_first_frame(ds, ts, codec, header: _Header):
@@ -713,8 +774,9 @@ def bin_stored(stored: np.ndarray, k: int) -> np.ndarray:
 def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None) -> Radiograph:
     """Decode a DICOM radiograph (path or bytes) into a :class:`Radiograph`.
 
-    With ``min_side``, a grayscale image whose shorter side is at least twice that is binned
-    (:func:`bin_stored`) by the largest factor that keeps the shorter side >= ``min_side``.
+    With ``min_side``, a grayscale image whose shorter side is at least twice that is decoded
+    smaller: JPEG 2000 from its wavelet levels, anything else binned (:func:`bin_stored`), by the
+    largest factor that keeps the shorter side >= ``min_side``.
 
     Raises :class:`InputTooLargeError` for a declared size beyond ``limits`` (before any
     decoding), :class:`CodecUnavailableError` when no decoder for the transfer syntax is
@@ -725,7 +787,7 @@ def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | 
     _state.dropped = 0
     with _quiet():
         try:
-            decoded = read_dicom_pixels(source, limits)
+            decoded = read_dicom_pixels(source, limits, min_side)
             ds, header, warns = decoded.dataset, decoded.header, decoded.warnings
             k = min(decoded.stored.shape[:2]) // min_side if min_side else 1
             if k >= 2 and decoded.stored.ndim == 2 and decoded.stored.dtype.kind in "ui":

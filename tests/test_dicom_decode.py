@@ -215,6 +215,25 @@ def test_transfer_syntax_decodes(tmp_path, case):
         assert diff.mean() < 2.0, diff.mean()
 
 
+@pytest.mark.parametrize("case", CODEC_CASES, ids=[c[0] for c in CODEC_CASES])
+def test_reduced_decoding_for_every_transfer_syntax(tmp_path, case):
+    """With min_side, every syntax gives the half-size image: JPEG 2000 from its wavelet levels
+    (the stored frame is already small), the others binned after decoding."""
+    _, bits, encode, ts, max_err = case
+    src_arr = phantom(bits)
+    src = save(make_ds(src_arr, bits), tmp_path / "src.dcm")
+    out = encode(make_ds(src_arr, bits), src, tmp_path / "out.dcm")
+    stored = read_dicom_pixels(out, min_side=ROWS // 2).stored
+    assert stored.shape == ((ROWS // 2, COLS // 2) if "j2k" in case[0] else (ROWS, COLS))
+    small = decode_dicom(out, min_side=ROWS // 2)
+    assert small.pixels.shape == (ROWS // 2, COLS // 2) and small.original_shape == (ROWS, COLS) and small.scale == 0.5
+    means = decode_dicom(out).pixels.astype(float).reshape(ROWS // 2, 2, COLS // 2, 2).mean(axis=(1, 3))
+    # the same picture: JPEG 2000's wavelet low-pass is smoother than a block mean, which moves the
+    # robust display range (percentiles) by a few grey levels
+    assert np.abs(small.pixels - means).mean() < 5.0
+    assert np.corrcoef(small.pixels.ravel(), means.ravel())[0, 1] > (0.99 if max_err == 0 else 0.95)
+
+
 @pytest.mark.parametrize(
     "bits,signed",
     [(8, False), (8, True), (10, False), (12, False), (12, True), (14, False), (16, False), (16, True)],
