@@ -39,7 +39,7 @@ def calibration_batches(bundle, inputs: list[str], count: int) -> tuple[list[np.
     """Up to ``count`` preprocessed batches ([2, 1, H, W] uint8), decoded and split as at run time."""
     from hipcad.runtime.cli import expand_inputs
     from hipcad.runtime.decode import decode
-    from hipcad.runtime.overlay import MAX_SIDE
+    from hipcad.runtime.pipeline import min_decode_side
     from hipcad.runtime.preprocess import prepare
 
     batches, skipped = [], []
@@ -47,7 +47,7 @@ def calibration_batches(bundle, inputs: list[str], count: int) -> tuple[list[np.
         if len(batches) >= count:
             break
         try:
-            radiograph = decode(path, min_side=max(MAX_SIDE, 2 * max(bundle.input_hw)))
+            radiograph = decode(path, min_side=min_decode_side(bundle.input_hw))
             batches.append(prepare(radiograph, bundle.input_hw).batch)
         except HipcadError as err:
             skipped.append(f"{Path(path).name}: {err}")

@@ -30,6 +30,7 @@ from hipcad.runtime.dataset import Dataset, ImageRecord, load_dataset, split_by_
 from hipcad.runtime.decode import decode
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.metrics import binary_metrics
+from hipcad.runtime.pipeline import min_decode_side
 from hipcad.runtime.preprocess import find_midline, image_left_side, resize_gray
 
 from .checkpoint import create_timm, read_state_dict
@@ -59,7 +60,8 @@ def dividing_line(cols: int, midline: int, box_x: tuple[float, float] | None, bo
 def cut_record(record: ImageRecord, input_hw: tuple[int, int]) -> list[tuple[np.ndarray, int, str, tuple | None]]:
     """The two labelled halves of one radiograph, cut as the paper did, each with its fracture
     box mapped to input pixels (None where the half has no fracture or the box is unknown)."""
-    radiograph = decode(record.path, min_side=2 * max(input_hw))
+    # decoded exactly as the runtime pipeline decodes (the same reduced-size decoding)
+    radiograph = decode(record.path, min_side=min_decode_side(input_hw))
     pixels, scale = radiograph.pixels, radiograph.scale
     cols = pixels.shape[1]
     left_is, _ = image_left_side(radiograph.metadata.get("patient_orientation"))
@@ -127,7 +129,7 @@ def load_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str
     return Halves(array, np.asarray(labels, dtype=np.int64), sources, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
 
 
-CUT_VERSION = 2  # bump when cut_record changes what it returns
+CUT_VERSION = 3  # bump when cut_record (or the decoding it uses) changes what it returns
 
 
 def cached_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str, jobs: int, cache: str | None) -> Halves:

@@ -74,8 +74,7 @@ class Pipeline:
             "device": backend.device,
             "precision": backend.precision,
         }
-        # decoding need not keep more pixels than the model and the overlay can use
-        self.min_decode_side = max(overlay_max_side, 2 * max(bundle.input_hw))
+        self.min_decode_side = min_decode_side(bundle.input_hw, overlay_max_side)
 
     def decode(self, path: str | Path) -> Radiograph:
         return decode(path, self.limits, min_side=self.min_decode_side)
@@ -156,6 +155,12 @@ class Pipeline:
         if self.bundle.synthetic_demo:
             return "SYNTHETIC DEMO MODEL (trained on phantoms) - NOT FOR CLINICAL USE"
         return None
+
+
+def min_decode_side(input_hw: tuple[int, int], overlay_max_side: int = MAX_SIDE) -> int:
+    """Decoding need not keep more pixels than the model (two halves side by side) and the
+    overlay can use; training and calibration decode the same way."""
+    return max(overlay_max_side, 2 * max(input_hw))
 
 
 @dataclass
