@@ -76,13 +76,14 @@ def _copy_study(dst, src) -> None:
     dst.SpecificCharacterSet = "ISO_IR 192"  # names are held as text; UTF-8 encodes any of them
 
 
-def build_sc(source, overlay_png: Path, record: dict, uids: dict):
+def build_sc(source, overlay: Path, record: dict, uids: dict):
     """The overlay image (RGB, burned-in annotation) as a Secondary Capture in the source study."""
     import highdicom as hd
     import numpy as np
     from PIL import Image
 
-    with Image.open(overlay_png) as image:
+    with Image.open(overlay) as image:
+        lossy = image.format == "JPEG"
         pixels = np.asarray(image.convert("RGB"))
     model = record.get("model") or {}
     orientation = [str(v) for v in source.get("PatientOrientation", [])]
@@ -107,6 +108,9 @@ def build_sc(source, overlay_png: Path, record: dict, uids: dict):
     ds.BurnedInAnnotation = "YES"
     ds.SeriesDescription = series_description("sc", model)
     ds.ImageType = ["DERIVED", "SECONDARY"]
+    if lossy:  # the overlay file is a JPEG: PS3.3 C.7.6.1.1.5 - a derived image keeps the flag
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.DerivationDescription = f"hipcad Grad-CAM heatmap over the source radiograph; model {model.get('name', '?')}"[:1024]
     note = model_note(model)
     ds.ImageComments = (f"CAD output (decision support only). {_verdict_text(record.get('sides', []))}. "
@@ -186,8 +190,8 @@ def build_sr(source, record: dict, uids: dict):
     return ds
 
 
-def build(kind: str, source, overlay_png: Path, record: dict, uids: dict):
+def build(kind: str, source, overlay: Path, record: dict, uids: dict):
     """The ``kind`` ("sc" or "sr") object for ``source`` (the source's header, a pydicom Dataset)."""
     if kind == "sc":
-        return build_sc(source, overlay_png, record, uids)
+        return build_sc(source, overlay, record, uids)
     return build_sr(source, record, uids)

@@ -111,13 +111,21 @@ class DataDir:
         return self.results / f"{int(item_id)}.json"
 
     def overlay(self, item_id: int) -> Path:
-        return self.results / f"{int(item_id)}.overlay.jpg"
+        return self._image_file(item_id, "overlay")
 
     def image(self, item_id: int) -> Path:
-        return self.results / f"{int(item_id)}.image.jpg"
+        return self._image_file(item_id, "image")
 
-    def result_files(self, item_id: int) -> tuple[Path, Path, Path]:
-        return self.result_json(item_id), self.overlay(item_id), self.image(item_id)
+    def _image_file(self, item_id: int, kind: str) -> Path:
+        """``<id>.<kind>.jpg``; a result written by a version before JPEG overlays keeps its
+        ``.png``, which is served, forwarded and deleted by retention like the new files."""
+        path = self.results / f"{int(item_id)}.{kind}.jpg"
+        legacy = path.with_suffix(".png")
+        return legacy if not path.exists() and legacy.exists() else path
+
+    def result_files(self, item_id: int) -> tuple[Path, ...]:
+        names = (f"{int(item_id)}.{kind}.{ext}" for kind in ("overlay", "image") for ext in ("jpg", "png"))
+        return (self.result_json(item_id), *(self.results / name for name in names))
 
     def outbox_file(self, outbox_id: int) -> Path:
         return self.outbox / f"{int(outbox_id)}.dcm"

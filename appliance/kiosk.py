@@ -125,7 +125,7 @@ def create_app(config: Config | None = None) -> Flask:
         path = data.overlay(item_id) if kind == "overlay" else data.image(item_id)
         if not path.is_file():
             abort(404)
-        return send_file(path, mimetype="image/jpeg", max_age=0)
+        return send_file(path, mimetype="image/png" if path.suffix == ".png" else "image/jpeg", max_age=0)
 
     @app.get("/export/reader-study.csv")
     def reader_study():

@@ -83,7 +83,7 @@ def plain_image(radiograph) -> bytes:
 
     h, w = display_size(radiograph.pixels.shape, MAX_SIDE)
     buf = io.BytesIO()
-    encode(Image.fromarray(radiograph.pixels).resize((w, h), Image.BILINEAR, reducing_gap=3.0), buf)
+    encode(Image.fromarray(radiograph.pixels).resize((w, h), Image.BILINEAR, reducing_gap=1.0), buf)  # as the overlay
     return buf.getvalue()
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx  # at the top: `hipcad quantize` without it names the extra to install
 
 from hipcad.runtime.bundle import MANIFEST, load_bundle, sha256_file
 from hipcad.runtime.errors import HipcadError
@@ -61,7 +62,6 @@ def _tail_nodes(model) -> list[str]:
 
 
 def quantize_onnx(src: Path, dst: Path, batches: list[np.ndarray]) -> dict:
-    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -104,7 +104,8 @@ def agreement(fp32, int8, dataset_path: str) -> dict:
         raise HipcadError(f"no radiograph of {dataset_path} could be read")
     a, b = ([scored[k][key] for key in keys] for k in ("fp32", "int8"))
     y = np.array([r["truth"] for r in a])
-    out = {"dataset": Path(dataset_path).name, "halves": len(keys)}
+    unread = {k: len(dataset) * 2 - len(scored[k]) for k in scored}
+    out = {"dataset": Path(dataset_path).name, "halves": len(keys), "halves_unread": unread}
     for name, rows in (("fp32", a), ("int8", b)):
         m = binary_metrics(y, np.array([r["probability"] for r in rows]), threshold=fp32.threshold, n_bootstrap=0)
         out[name] = {"auc": m["auc"]["value"], "accuracy": m["accuracy"]["value"],

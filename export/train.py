@@ -111,6 +111,7 @@ def load_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str
     pool = ProcessPoolExecutor(jobs) if jobs > 1 and len(work) > 1 else None
     try:
         results = pool.map(_cut_or_skip, work, chunksize=8) if pool else map(_cut_or_skip, work)
+    done = False
         for halves, skipped in tqdm(results, total=len(work), desc=f"reading {desc}", unit="image", file=sys.stderr,
                                     disable=None if records else True):
             if skipped:
@@ -121,9 +122,10 @@ def load_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str
                 labels.append(label)
                 sources.append(source)
                 boxes.append(box if box is not None else (np.nan,) * 4)
+        done = True
     finally:
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=not done)  # Ctrl-C or an error: do not decode the rest
     h, w = input_hw
     array = np.stack(images)[:, None] if images else np.zeros((0, 1, h, w), np.uint8)
     return Halves(array, np.asarray(labels, dtype=np.int64), sources, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
@@ -140,8 +142,15 @@ def cached_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: s
         return load_halves(records, input_hw, desc, jobs)
     import hashlib
 
+    def identity(path: Path) -> tuple:
+        try:
+            st = path.stat()
+            return st.st_size, st.st_mtime_ns
+        except OSError:  # unreadable: load_halves skips it and says so
+            return None, None
+
     key = hashlib.sha256(repr((CUT_VERSION, tuple(input_hw), [
-        (str(r.path.resolve()), r.path.stat().st_size, r.path.stat().st_mtime_ns, sorted((k, repr(v)) for k, v in r.sides.items()))
+        (str(r.path.resolve()), *identity(r.path), sorted((k, repr(v)) for k, v in r.sides.items()))
         for r in records])).encode()).hexdigest()[:20]
     path = Path(cache) / f"halves-{desc}-{key}.npz"
     if path.is_file():
@@ -150,7 +159,7 @@ def cached_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: s
             return Halves(z["images"], z["labels"], [str(x) for x in z["sources"]], z["boxes"])
     halves = load_halves(records, input_hw, desc, jobs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")
     np.savez(tmp, images=halves.images, labels=halves.labels, sources=np.asarray(halves.sources), boxes=halves.boxes)
     os.replace(tmp, path)
     return halves
@@ -206,8 +215,23 @@ class Classifier(nn.Module):
 
 
 def _feature_hw(model: nn.Module, size: int) -> tuple[int, int]:
-    with torch.no_grad():
-        return tuple(model.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
+    was_training = model.training
+    model.eval()  # a probe must not move BatchNorm statistics
+    try:
+        with torch.no_grad():
+            return tuple(model.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
+    finally:
+        model.train(was_training)
+
+
+def _negatives_per_positive(boxes: np.ndarray, input_hw: tuple[int, int], cells_hw, chunk: int = 256) -> float:
+    """Negative / positive feature-map cells over the training halves (the BCE's pos_weight);
+    halves without a box are all negative, the others are rasterised a chunk at a time."""
+    boxed = boxes[np.isfinite(boxes).all(axis=1)]
+    per_half = int(np.prod(cells_hw))
+    positives = sum(float(_cell_targets(box_masks(boxed[i : i + chunk], input_hw), cells_hw).sum())
+                    for i in range(0, len(boxed), chunk))
+    return (len(boxes) * per_half - positives) / max(positives, 1.0)
 
 
 def _cell_targets(masks: torch.Tensor, hw) -> torch.Tensor:
@@ -275,8 +299,7 @@ def train(args) -> int:
         final_hw = _feature_hw(model, size)
         aux = nn.ModuleList([nn.Conv2d(model.num_features, 1, 1), nn.Conv2d(captured["mid"].shape[1], 1, 1)])
         aux = aux.to(memory_format=torch.channels_last)
-        cells = _cell_targets(box_masks(tr.boxes, (size, size)), final_hw)
-        pos_weight = torch.tensor(float((cells.numel() - cells.sum()) / max(float(cells.sum()), 1.0)))
+        pos_weight = torch.tensor(_negatives_per_positive(tr.boxes, (size, size), final_hw))
     params = list(classifier.parameters()) + (list(aux.parameters()) if aux is not None else [])
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(tr.labels) / args.batch_size)

@@ -421,26 +421,28 @@ def _decode_j2k_reduced(ds, ts, header: _Header, reduce: int):
     colour data, more than one frame, a codestream Pillow refuses, a size that does not match
     the header) goes the full way, where errors are reported.
     """
-    if str(ts) not in J2K_SYNTAXES or header.samples != 1 or header.signed or header.frames != 1:
+    if (str(ts) not in J2K_SYNTAXES or header.photometric not in _GRAY or header.samples != 1 or header.signed
+            or header.frames != 1):
         return None
-    import io
-    import warnings
-
+    # Pillow sizes a reduced image as (n + p/2) // p, OpenJPEG decodes ceil(n / p): take a level
+    # where they agree (else Pillow reports a broken stream)
+    while reduce > 0 and any((n + (1 << reduce >> 1)) >> reduce != -(-n >> reduce) for n in (header.rows, header.cols)):
+        reduce -= 1
+    if reduce == 0:
+        return None
     from PIL import Image
     from pydicom.encaps import generate_frames
 
-    try:
+    try:  # Pillow's DecompressionBombWarning is silenced by _quiet(); our limits were checked on the header
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
         precision = _j2k_precision(frame)
         if precision is None or not (precision == 8 if header.bits_allocated <= 8 else 9 <= precision <= 16):
             return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limits were checked on the header
-            image = Image.open(io.BytesIO(frame), formats=["JPEG2000"])
-            if image.size != (header.cols, header.rows) or image.mode not in ("L", "I;16"):
-                return None
-            image.reduce = reduce
-            image.load()
+        image = Image.open(io.BytesIO(frame), formats=["JPEG2000"])
+        if image.size != (header.cols, header.rows) or image.mode not in ("L", "I;16"):
+            return None
+        image.reduce = reduce
+        image.load()
         arr = np.asarray(image)
     except Exception:  # noqa: BLE001 - the full path decodes it or says what is wrong
         return None
@@ -790,7 +792,7 @@ def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | 
             decoded = read_dicom_pixels(source, limits, min_side)
             ds, header, warns = decoded.dataset, decoded.header, decoded.warnings
             k = min(decoded.stored.shape[:2]) // min_side if min_side else 1
-            if k >= 2 and decoded.stored.ndim == 2 and decoded.stored.dtype.kind in "ui":
+            if k >= 2 and decoded.stored.ndim == 2 and decoded.stored.dtype.kind in "ui" and header.photometric in _GRAY:
                 decoded.stored = bin_stored(decoded.stored, k)
             pixels, more = display_pixels(decoded)
             metadata = {key: _text(ds, keyword) for key, keyword in _METADATA_FIELDS.items()}

@@ -56,8 +56,8 @@ def render(
     max_side: int = MAX_SIDE,
 ) -> Image.Image:
     h, w = display_size(pixels.shape, max_side)
-    # reducing_gap=1: an integer box reduction first, then bilinear; for a display image the same
-    # as a plain resize, and several times faster on 10-megapixel radiographs
+    # reducing_gap=1: a reduction over whole pixel blocks first, then bilinear; for a display image
+    # close to a plain resize, and several times faster on 10-megapixel radiographs
     base = Image.fromarray(pixels).resize((w, h), Image.BILINEAR, reducing_gap=1.0).convert("RGB")
     heat = Image.fromarray((heatmap_on_image(prepared, cam, (h, w), pixels.shape[1]) * 255.0 + 0.5).astype(np.uint8), mode="L")
     # the heatmap is blended in with an opacity that grows with its value (cold = transparent);

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from .errors import HipcadError
-from .selftest import compare_outputs, reference_inputs
+from .selftest import TOLERANCES, compare_outputs, reference_inputs
 
 
 def gather_inputs(bundle, files: list[str], count: int) -> np.ndarray:
@@ -62,7 +62,8 @@ def parity_main(argv: list[str] | None = None) -> int:
         return 2
     pairs = {}
     for a, b in itertools.combinations(names, 2):
-        precision = "fp16" if "fp16" in (info[a]["precision"], info[b]["precision"]) else "fp32"
+        # the looser of the two precisions' tolerances
+        precision = max((info[a]["precision"], info[b]["precision"]), key=lambda p: TOLERANCES[p]["logits"])
         pairs[f"{a} vs {b}"] = compare_outputs(outputs[a], outputs[b], bundle.threshold, precision)
     agree = all(p["agree"] for p in pairs.values())
     report = {"bundle": bundle.name, "inputs": int(len(images)), "backends": info, "pairs": pairs, "agree": agree}

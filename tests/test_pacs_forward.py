@@ -134,6 +134,7 @@ def test_sc_and_sr_arrive_in_the_source_study(pacs):
         sc, sr = kinds[SC], kinds[SR]
         assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
         assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3 and sc.BurnedInAnnotation == "YES"
+        assert sc.LossyImageCompression == "01" and sc.LossyImageCompressionMethod == "ISO_10918_1"  # a JPEG overlay
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert sc.pixel_array.shape[2] == 3
         result = results[str(source.SOPInstanceUID)]

@@ -361,8 +361,19 @@ def test_retention_deletes_old_inputs_and_results(tmp_path):
     (old_id, old_sha), (new_id, new_sha) = ids
     assert store.get(old_id) is None and store.get(new_id) is not None
     assert not data.result_json(old_id).exists() and not (data.processed / old_sha).exists()
+    # every result file goes, including the .png overlays of versions before JPEG overlays
+    assert not any(path.exists() for path in data.result_files(old_id))
     assert data.result_json(new_id).exists() and (data.processed / new_sha).exists()
     assert enforce_retention(store, data, 0) == 0  # 0 keeps everything
+
+
+def test_results_of_earlier_versions_keep_their_png_files(tmp_path):
+    data = DataDir(tmp_path / "data").create()
+    assert data.overlay(7).name == "7.overlay.jpg" and data.image(7).name == "7.image.jpg"
+    (data.results / "7.overlay.png").write_bytes(b"x")
+    assert data.overlay(7).name == "7.overlay.png" and data.image(7).name == "7.image.jpg"
+    (data.results / "7.overlay.jpg").write_bytes(b"x")
+    assert data.overlay(7).name == "7.overlay.jpg"
 
 
 # -- hipcad demo ------------------------------------------------------------------------------------

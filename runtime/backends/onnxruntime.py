@@ -40,7 +40,10 @@ class OnnxRuntimeBackend(Backend):
 
         available = set(ort.get_available_providers())
         if self.requested_device == "auto":
-            wanted = PROVIDER_CHOICES["cuda"] if "CUDAExecutionProvider" in available else PROVIDER_CHOICES["cpu"]
+            # INT8 (QOperator) graphs are made for CPUs: on the CUDA provider their operators would
+            # fall back to the CPU one by one
+            gpu = "CUDAExecutionProvider" in available and self.precision != "int8"
+            wanted = PROVIDER_CHOICES["cuda"] if gpu else PROVIDER_CHOICES["cpu"]
         else:
             wanted = PROVIDER_CHOICES[self.requested_device]
             if wanted[0] not in available:
