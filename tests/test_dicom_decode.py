@@ -871,3 +871,17 @@ def test_min_side_bins_large_dicoms_and_keeps_the_stored_geometry(tmp_path):
     means = full.pixels.astype(float).reshape(ROWS // 2, 2, COLS // 2, 2).mean(axis=(1, 3))
     assert np.abs(half.pixels - means).max() <= 1.0
     assert decode_dicom(path, min_side=ROWS // 2 + 1).pixels.shape == (ROWS, COLS)  # would drop below min_side
+
+
+def test_j2k_reduced_decoding_with_odd_sizes(tmp_path):
+    """201 x 257: Pillow would size a 1/4 decode 50 x 64 where OpenJPEG gives 51 x 65, so the
+    decoder takes 1/2 from the wavelet levels and bins the rest."""
+    arr = np.pad(phantom(12), ((0, 1), (0, 1)), mode="edge")
+    ds = make_ds(arr, 12)
+    ds.compress(UID.JPEG2000Lossless)
+    path = save(ds, tmp_path / "odd.dcm")
+    assert read_dicom_pixels(path, min_side=50).stored.shape == (101, 129)
+    small = decode_dicom(path, min_side=50)
+    assert small.pixels.shape == (50, 64) and small.original_shape == (201, 257)
+    full = decode_dicom(path).pixels[:200, :256].astype(float).reshape(50, 4, 64, 4).mean(axis=(1, 3))
+    assert np.corrcoef(small.pixels.ravel(), full.ravel())[0, 1] > 0.99
