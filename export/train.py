@@ -109,9 +109,9 @@ def load_halves(records: list[ImageRecord], input_hw: tuple[int, int], desc: str
     images, labels, sources, boxes = [], [], [], []
     work = [(record, input_hw) for record in records]
     pool = ProcessPoolExecutor(jobs) if jobs > 1 and len(work) > 1 else None
+    done = False
     try:
         results = pool.map(_cut_or_skip, work, chunksize=8) if pool else map(_cut_or_skip, work)
-    done = False
         for halves, skipped in tqdm(results, total=len(work), desc=f"reading {desc}", unit="image", file=sys.stderr,
                                     disable=None if records else True):
             if skipped:

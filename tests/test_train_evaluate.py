@@ -77,9 +77,9 @@ def test_box_masks_and_the_halves_cache(small_dataset, tmp_path):
     assert masks.shape == (2, 1, 8, 10) and masks[1].sum() == 0
     assert masks[0, 0].nonzero().tolist()[0] == [3, 2] and masks[0].sum() == 2 * 4  # rows 3-4, columns 2-5
     records = load_dataset(small_dataset).images[:6]
-    first = cached_halves(records, (64, 64), "t", 1, str(tmp_path))
+    first = cached_halves(records, (64, 64), "t", 2, str(tmp_path))  # decoded in 2 processes
     assert len(list(tmp_path.glob("halves-t-*.npz"))) == 1
-    again = cached_halves(records, (64, 64), "t", 2, str(tmp_path))
+    again = cached_halves(records, (64, 64), "t", 1, str(tmp_path))  # from the cache
     assert np.array_equal(first.images, again.images) and first.sources == again.sources
     assert np.array_equal(np.isnan(first.boxes), np.isnan(again.boxes))
 
