@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hipcad.runtime.bundle import FORMAT, MANIFEST, sha256_file
+from hipcad.runtime.bundle import FORMAT, MANIFEST, sha256_file, staged_bundle
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
 
@@ -140,11 +137,8 @@ def export_bundle(
     after every check passed, so a failed export never leaves a half bundle behind.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fused = fused.eval()
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    os.chmod(work, 0o755)  # mkdtemp makes it private; the worker's service user must read it
-    try:
+    with staged_bundle(out) as work:
         onnx_path = work / "model.onnx"
         _export_graphs(fused, work, input_hw, with_torch)
         verification = verify_onnx(fused, onnx_path, input_hw)
@@ -200,12 +194,6 @@ def export_bundle(
             **(extra or {}),
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx  # at the top: `hipcad quantize` without it names the extra to install
 
-from hipcad.runtime.bundle import MANIFEST, load_bundle, sha256_file
+from hipcad.runtime.bundle import MANIFEST, load_bundle, sha256_file, staged_bundle
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.selftest import SELFTEST_FILE, reference_inputs
 
@@ -132,10 +130,7 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
     if not batches:
         raise HipcadError("no calibration radiograph could be read" + (f" ({skipped[0]})" if skipped else ""))
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}-", dir=out_path.parent))
-    os.chmod(work, 0o755)
-    try:
+    with staged_bundle(out_path) as work:
         start = time.time()
         method = quantize_onnx(src.onnx_path, work / "model.onnx", batches)
         session = ort.InferenceSession(str(work / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -156,12 +151,6 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
         if eval_dataset:
             manifest["quantization"]["agreement"] = agreement(src, load_bundle(work), eval_dataset)
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(work, out_path)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return manifest
 
 

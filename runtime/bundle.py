@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,24 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_bundle(out: Path):
+    """A temporary folder beside ``out`` to assemble a bundle in: it replaces ``out`` when the
+    block finishes and is removed when it fails, so a failed export never leaves half a bundle."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    os.chmod(work, 0o755)  # mkdtemp makes it private; the worker's service user must read it
+    try:
+        yield work
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def atomic_write(path: Path, data) -> None:
