@@ -193,6 +193,21 @@ def kiosk_server(config):
         server.close()
 
 
+@contextmanager
+def demo_process(tmp_path: Path, bundle: Path, count: int):
+    """`hipcad demo` on ``bundle`` in a subprocess (kiosk on any free port, its lines on stdout);
+    killed if the test leaves it running."""
+    proc = subprocess.Popen([sys.executable, "-m", "hipcad.appliance.demo", "--model", str(bundle), "--port", "0",
+                             "--count", str(count), "--interval", "0.2", "--dir", str(tmp_path / "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # -- real DICOM peers (Debian packages dcmtk and orthanc), on loopback only ----------------------------
 def kiosk_client(config_path: Path):
     """A Flask test client of the kiosk for a config file (environment ignored)."""

@@ -8,7 +8,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from hipcad.appliance.files import DataDir
 from hipcad.appliance.store import Store
 
 from .appliance_support import (  # noqa: F401 - fixtures
-    kiosk_client, WorkerProcess, dcmtk, finished, free_port, need_binary, small_bundle, store_counts, wait_for, write_config,
+    kiosk_client, WorkerProcess, dcmtk, demo_process, finished, free_port, need_binary, small_bundle, store_counts, wait_for, write_config,
 )
 
 MODALITY = "MODALITY"
@@ -333,20 +332,13 @@ def test_host_not_allowed_is_rejected(listener):
 def test_demo_prints_its_dicom_listener(tmp_path, small_bundle):
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-m", "hipcad.appliance.demo", "--model", str(small_bundle), "--port", "0",
-                             "--count", "1", "--interval", "0.2", "--dir", str(tmp_path / "demo")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with demo_process(tmp_path, small_bundle, 1) as proc:
         lines = [proc.stdout.readline().strip() for _ in range(3)]
         assert lines[2].startswith("dicom: AE title HIPCAD on 127.0.0.1 port "), lines
         port = int(lines[2].split(" port ", 1)[1].split()[0])
         assert echo(port, calling="ANY").returncode == 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_port_taken_worker_keeps_reading_and_says_listener_down(tmp_path, small_bundle):

@@ -23,7 +23,7 @@ from hipcad.runtime.backends import open_backend
 from hipcad.runtime.errors import HipcadError
 
 from .appliance_support import (  # noqa: F401 - fixtures
-    WorkerProcess, drop, finished, radiographs, small_bundle, store_counts, wait_for, write_config,
+    WorkerProcess, demo_process, drop, finished, radiographs, small_bundle, store_counts, wait_for, write_config,
 )
 
 HOSTILE_NAME = "<script>alert(1)</script>"
@@ -379,14 +379,9 @@ def test_results_of_earlier_versions_keep_their_png_files(tmp_path):
 # -- hipcad demo ------------------------------------------------------------------------------------
 def test_demo_runs_worker_and_kiosk_until_sigterm(tmp_path, small_bundle):
     import signal
-    import subprocess
-    import sys
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "hipcad.appliance.demo", "--model", str(small_bundle), "--port", "0",
-                             "--count", "3", "--interval", "0.2", "--dir", str(tmp_path / "demo")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with demo_process(tmp_path, small_bundle, 3) as proc:
         lines = [proc.stdout.readline().strip() for _ in range(2)]
         assert lines[0].startswith("kiosk: http://127.0.0.1:") and lines[1].startswith("hot folder: "), lines
         url = lines[0].split(" ", 1)[1]
@@ -399,9 +394,6 @@ def test_demo_runs_worker_and_kiosk_until_sigterm(tmp_path, small_bundle):
         assert all(r["status"] == "done" for r in done)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert "stopped" in proc.stderr.read()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
