@@ -4,6 +4,7 @@ Every name under the data folder comes from a content hash or a store id, never 
 value or the name a file arrived with::
 
     data/incoming/<sha256>              spooled input, queued or being read
+    data/incoming/<sha256>.name         the name it arrived with, until its queue row is written
     data/processed/<sha256>             input whose result is durable
     data/quarantine/<sha256>            input that could not be read
     data/quarantine/<sha256>.reason.txt why
@@ -106,6 +107,10 @@ class DataDir:
         if not SHA256_RE.match(sha):
             raise ValueError("not a sha256")
         return self.incoming / sha
+
+    def received_name(self, sha: str) -> Path:
+        """The file holding the name a spooled input arrived with (UTF-8), while it is not queued."""
+        return self.spool(sha).with_name(f"{sha}.name")
 
     def result_json(self, item_id: int) -> Path:
         return self.results / f"{int(item_id)}.json"

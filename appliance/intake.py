@@ -2,8 +2,9 @@
 
 :func:`ingest` hashes a complete file, drops it if its content (sha256) or its DICOM SOP Instance
 UID is already known, else moves it into ``data/incoming/<sha256>`` and records it in the queue.
-The move comes first; :func:`reconcile` (at every start, before anything is read) queues a spooled
-file a crash left unrecorded, so together the two are one durable step.
+The name it arrived with is written durably beside the spool first, then the file is moved, then
+queued; :func:`reconcile` (at every start, before anything is read) queues a spooled file a crash
+left unrecorded under that name, so together they are one durable step that keeps the name.
 """
 
 from __future__ import annotations
@@ -80,15 +81,17 @@ def admit(path: Path, sha: str, size: int, sop_uid: str | None, name: str, store
         if existing is not None:
             _drop_duplicate(path, existing, store, sha)
             return None
-        spool = data.spool(sha)
+        spool, received = data.spool(sha), data.received_name(sha)
+        atomic_write(received, name.encode("utf-8", "surrogateescape"))
         move_durable(path, spool)
         try:
             item_id = store.enqueue(sha, sop_uid, name, size)
         except Duplicate:  # cannot happen under the lock unless another process shares the data folder
             existing = store.find(sha, sop_uid)
-            remove_quietly(spool)
+            remove_quietly(spool, received)
             _drop_duplicate(None, existing, store, sha)
             return None
+        remove_quietly(received)
     log.info("queued item %d (sha256 %s, %d bytes)", item_id, sha[:12], size)
     return item_id
 
@@ -117,8 +120,10 @@ def reconcile(store: Store, data: DataDir) -> None:
             continue
         row = store.find(spool.name)
         if row is None:
+            received = data.received_name(spool.name)
+            name = received.read_bytes().decode("utf-8", "surrogateescape") if received.is_file() else RECOVERED_NAME
             try:
-                item_id = store.enqueue(spool.name, peek_sop_uid(spool), RECOVERED_NAME, spool.stat().st_size)
+                item_id = store.enqueue(spool.name, peek_sop_uid(spool), name, spool.stat().st_size)
                 log.warning("spooled input sha256 %s was not queued; queued as item %d", spool.name[:12], item_id)
             except Duplicate:
                 remove_quietly(spool)
@@ -126,6 +131,9 @@ def reconcile(store: Store, data: DataDir) -> None:
             move_durable(spool, data.processed / spool.name)
         elif row["status"] == "failed":
             move_durable(spool, data.quarantine / spool.name)
+    # names of files now queued, or of files a crash left in the hot folder (they come in again)
+    for received in data.incoming.glob("*.name"):
+        remove_quietly(received)
     for row in store.db.execute("SELECT id, sha256 FROM items WHERE status = 'queued'").fetchall():
         if not data.spool(row["sha256"]).exists():
             log.error("item %d: its spooled input is missing; marked failed", row["id"])

@@ -367,6 +367,25 @@ def test_retention_deletes_old_inputs_and_results(tmp_path):
     assert enforce_retention(store, data, 0) == 0  # 0 keeps everything
 
 
+def test_a_crash_between_spooling_and_queueing_keeps_the_file_name(tmp_path):
+    """The worker killed after admit moved a file into the spool and before it wrote the queue row
+    (the state admit leaves there, made by hand): reconcile queues it under the name it came with."""
+    from hipcad.appliance.intake import RECOVERED_NAME, reconcile
+
+    data = DataDir(tmp_path / "data").create()
+    store = Store(data.root / "db.sqlite3")
+    named, unnamed, orphan = "a" * 64, "b" * 64, "c" * 64
+    for sha in (named, unnamed):
+        data.spool(sha).write_bytes(sha.encode())
+    data.received_name(named).write_bytes("hüft <1>.jpg".encode())
+    data.received_name(orphan).write_bytes(b"still in the hot folder.jpg")  # killed before its move
+    reconcile(store, data)
+    assert store.find(named)["name"] == "hüft <1>.jpg"
+    assert store.find(unnamed)["name"] == RECOVERED_NAME  # spooled by a version that kept no name
+    assert store.find(orphan) is None
+    assert sorted(p.name for p in data.incoming.iterdir()) == [named, unnamed]
+
+
 def test_results_of_earlier_versions_keep_their_png_files(tmp_path):
     data = DataDir(tmp_path / "data").create()
     assert data.overlay(7).name == "7.overlay.jpg" and data.image(7).name == "7.image.jpg"
