@@ -123,8 +123,8 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
     import onnxruntime as ort
 
     src = load_bundle(src_path)
-    if src.manifest.get("precision", "fp32") != "fp32":
-        raise HipcadError(f"{src.path} is already {src.manifest['precision']}; quantise its FP32 source")
+    if src.precision != "fp32":
+        raise HipcadError(f"{src.path} is already {src.precision}; quantise its FP32 source")
     src.verified_onnx_bytes  # noqa: B018 - refuse a bundle whose ONNX does not match its manifest
     batches, skipped = calibration_batches(src, calibration, count)
     if not batches:

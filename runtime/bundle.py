@@ -111,6 +111,11 @@ class Bundle:
         return bool(self.manifest.get("synthetic_demo", False))
 
     @property
+    def precision(self) -> str:
+        """"fp32", or "int8" for a bundle made by ``hipcad quantize``."""
+        return self.manifest.get("precision", "fp32")
+
+    @property
     def trained(self) -> bool:
         return bool(self.manifest.get("trained", False))
 
@@ -162,7 +167,7 @@ class Bundle:
             "path": str(self.path),
             "architecture": self.architecture,
             "input_size": list(self.input_hw),
-            "precision": self.manifest.get("precision", "fp32"),
+            "precision": self.precision,
             "synthetic_demo": self.synthetic_demo,
             "trained": self.trained,
             "operating_point": self.operating_point,

@@ -31,11 +31,6 @@ JET = _jet_table()
 ALPHA_TABLE = [round(v * HEAT_OPACITY) for v in range(256)]
 
 
-def jet(values: np.ndarray) -> np.ndarray:
-    """The 'jet' colormap: float [0, 1] -> uint8 RGB."""
-    return JET[np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)]
-
-
 @lru_cache(maxsize=8)
 def _font(size: int):
     return ImageFont.load_default(size=size)

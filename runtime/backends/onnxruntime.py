@@ -25,7 +25,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailableError(f"onnxruntime device must be auto, cpu, cuda or tensorrt, not {device!r}")
         self.requested_device = device
         self.threads = threads
-        self.precision = bundle.manifest.get("precision", "fp32")
+        self.precision = bundle.precision
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:

@@ -36,9 +36,9 @@ class TorchBackend(Backend):
         import torch
 
         path = self.bundle.file("torch")
-        if self.bundle.manifest.get("precision", "fp32") != "fp32":
+        if self.bundle.precision != "fp32":
             raise BackendUnavailableError(
-                f"bundle {self.bundle.path} is {self.bundle.manifest['precision']} (for ONNX Runtime); "
+                f"bundle {self.bundle.path} is {self.bundle.precision} (for ONNX Runtime); "
                 "the torch backend runs FP32 bundles")
         if path is None or not path.is_file():
             raise BackendUnavailableError(

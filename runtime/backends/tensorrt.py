@@ -84,9 +84,9 @@ class TensorRTBackend(Backend):
 
     # -- life cycle (caller's thread) -------------------------------------------------------
     def activate_impl(self) -> None:
-        if self.bundle.manifest.get("precision", "fp32") != "fp32":
+        if self.bundle.precision != "fp32":
             raise BackendUnavailableError(
-                f"bundle {self.bundle.path} is {self.bundle.manifest['precision']} (made by `hipcad quantize` for "
+                f"bundle {self.bundle.path} is {self.bundle.precision} (made by `hipcad quantize` for "
                 "ONNX Runtime on CPUs); TensorRT builds its FP16 engine from the FP32 bundle")
         self._cuda = _CudaThread(self.device_index, on_stop=self._release)
         try:
