@@ -1,5 +1,9 @@
 # The README's two commands: `make demo` and `make test`. Everything installs from this repo's files.
 VENV   ?= .venv
+# The venv is made from Debian's own Python 3.11 where present: the Triton Python-backend stub shipped
+# with nvidia-pytriton links the system libpython3.11, and a venv from another build of 3.11 fails at
+# model load ('_thread.RLock' object has no attribute '_recursion_count').
+BASE_PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3)
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # torch: the pinned release that lies on this workplace's disk (pip's constraint file points there)
@@ -10,7 +14,7 @@ APT_PACKAGES := dcmtk libgdcm-tools chromium orthanc
 .PHONY: setup system-deps demo test gpu-check demo-model demo-eval clean
 
 $(VENV)/.installed: pyproject.toml Makefile
-	python3 -m venv $(VENV)
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q '.[test]'
@@ -33,14 +37,14 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest
 
-# The shipped demo model (runtime/models/demo): TinyNet-C (a small EfficientNet) at 256 px, trained
+# The shipped demo model (runtime/model/demo): TinyNet-C (a small EfficientNet) at 256 px, trained
 # from scratch (no pretrained weights can be downloaded here) on 1600 synthetic phantoms with box
 # supervision; about 70 minutes on 2 CPU cores. Check it with `make demo-eval`.
 DEMO_DATA ?= .cache/demo-train
 DEMO_EVAL ?= .cache/demo-eval
 demo-model: setup
 	$(VENV)/bin/hipcad synth --out $(DEMO_DATA) --count 1600 --seed 1000 --jobs 2 --force -q
-	$(VENV)/bin/hipcad train $(DEMO_DATA) --out runtime/models/demo --arch tinynet_c --input-size 256 \
+	$(VENV)/bin/hipcad train $(DEMO_DATA) --out runtime/model/demo --arch tinynet_c --input-size 256 \
 	  --epochs 30 --batch-size 16 --lr 2e-3 --seed 0 --no-torch --synthetic-demo --jobs 2 --cache .cache/halves
 
 # The demo model on 500 fresh phantoms (a seed it never saw): the paper's figures and the heatmap check.

@@ -17,10 +17,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hipcad.runtime.bundle import load_bundle
+from hipcad.runtime.model.bundle import load_bundle
 from hipcad.runtime.errors import HipcadError
 
-from .config import ConfigError, parse_destination
+from hipcad.appliance.config import ConfigError, parse_destination
 
 
 def free_port() -> int:

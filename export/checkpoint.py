@@ -26,8 +26,8 @@ from torch import nn
 
 from hipcad.runtime.errors import HipcadError
 
-from .fused import FusedCAMModel, PoolLinearCAM, TimmFeatures
-from .heads import FastaiHeadCAM, fastai_head
+from hipcad.export.fused import FusedCAMModel, PoolLinearCAM, TimmFeatures
+from hipcad.export.heads import FastaiHeadCAM, fastai_head
 
 NUM_CLASSES = 2
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from hipcad.runtime.bundle import sha256_file
+from hipcad.runtime.model.bundle import sha256_file
 from hipcad.runtime.errors import HipcadError
 
 DEFAULT_SIZES = {"efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260, "efficientnet_b3": 300,
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a CHECKPOINT or --random-init (exactly one)")
     size = args.input_size or DEFAULT_SIZES.get(args.arch.removeprefix("tf_"), 380)
 
-    from .checkpoint import import_checkpoint, random_init
-    from .fused import fuse_timm
-    from .onnx_export import export_bundle
+    from hipcad.export.checkpoint import import_checkpoint, random_init
+    from hipcad.export.fused import fuse_timm
+    from hipcad.export.onnx_export import export_bundle
 
     start = time.perf_counter()
     try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fused import FRACTURE_CLASS
+from hipcad.export.fused import FRACTURE_CLASS
 
 
 class AdaptiveConcatPool2d(nn.Module):

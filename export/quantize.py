@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import onnx  # at the top: `hipcad quantize` without it names the extra to install
 
-from hipcad.runtime.bundle import MANIFEST, load_bundle, sha256_file, staged_bundle
+from hipcad.runtime.model.bundle import MANIFEST, load_bundle, sha256_file, staged_bundle
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.selftest import SELFTEST_FILE, reference_inputs
+from hipcad.runtime.model.selftest import SELFTEST_FILE, reference_inputs
 
 #: an INT8 bundle passes when, against its FP32 source on the same labelled radiographs:
 ACCEPT = {"auc_drop_max": 0.005, "verdict_agreement_min": 0.99, "peak_agreement_min": 0.95}
@@ -37,9 +37,9 @@ QUANTISED_OPS = ["Conv", "Mul", "Add", "Sigmoid", "ReduceMean"]
 def calibration_batches(bundle, inputs: list[str], count: int) -> tuple[list[np.ndarray], list[str]]:
     """Up to ``count`` preprocessed batches ([2, 1, H, W] uint8), decoded and split as at run time."""
     from hipcad.runtime.cli import expand_inputs
-    from hipcad.runtime.decode import decode
-    from hipcad.runtime.pipeline import min_decode_side
-    from hipcad.runtime.preprocess import prepare
+    from hipcad.runtime.imaging.decode import decode
+    from hipcad.runtime.inference.pipeline import min_decode_side
+    from hipcad.runtime.inference.preprocess import prepare
 
     batches, skipped = [], []
     for path in expand_inputs(inputs):
@@ -86,10 +86,10 @@ def quantize_onnx(src: Path, dst: Path, batches: list[np.ndarray]) -> dict:
 def agreement(fp32, int8, dataset_path: str) -> dict:
     """Both bundles on one labelled dataset through the whole pipeline (ONNX Runtime CPU)."""
     from hipcad.runtime.backends import open_backend
-    from hipcad.runtime.dataset import load_dataset
-    from hipcad.runtime.evaluate import localisation, score_dataset
-    from hipcad.runtime.metrics import binary_metrics
-    from hipcad.runtime.pipeline import Pipeline
+    from hipcad.runtime.evaluation.dataset import load_dataset
+    from hipcad.runtime.evaluation.evaluate import localisation, score_dataset
+    from hipcad.runtime.evaluation.stats import binary_metrics
+    from hipcad.runtime.inference.pipeline import Pipeline
 
     dataset = load_dataset(dataset_path)
     scored = {}

@@ -1,6 +1,6 @@
 """``hipcad train``: fine-tune an EfficientNet on hip halves cut the way the paper cut them.
 
-Per radiograph of a dataset folder (``hipcad.runtime.dataset``): the pelvic midline is found as
+Per radiograph of a dataset folder (``hipcad.runtime.evaluation.dataset``): the pelvic midline is found as
 at inference; for a fractured image the vertical dividing line is moved, if needed, to keep a
 50-pixel margin from the fracture box (the paper's cut), the half holding the box is a fracture
 sample and the other half a no-fracture sample; an image without fracture gives two no-fracture
@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hipcad.runtime.dataset import Dataset, ImageRecord, load_dataset, split_by_patient
-from hipcad.runtime.decode import decode
+from hipcad.runtime.evaluation.dataset import Dataset, ImageRecord, load_dataset, split_by_patient
+from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.metrics import binary_metrics
-from hipcad.runtime.pipeline import min_decode_side
-from hipcad.runtime.preprocess import find_midline, image_left_side, resize_gray
+from hipcad.runtime.evaluation.stats import binary_metrics
+from hipcad.runtime.inference.pipeline import min_decode_side
+from hipcad.runtime.inference.preprocess import find_midline, image_left_side, resize_gray
 
-from .checkpoint import create_timm, read_state_dict
-from .fused import FusedCAMModel, GrayToNormalized, TimmFeatures, fuse_timm
-from .heads import FastaiHeadCAM, fastai_head
+from hipcad.export.checkpoint import create_timm, read_state_dict
+from hipcad.export.fused import FusedCAMModel, GrayToNormalized, TimmFeatures, fuse_timm
+from hipcad.export.heads import FastaiHeadCAM, fastai_head
 
 MARGIN_PX = 50  # the paper's margin between the dividing line and the fracture box, stored pixels
 
@@ -252,7 +252,7 @@ def predict_probs(classifier: Classifier, images: np.ndarray, batch: int = 64) -
 def train(args) -> int:
     from tqdm import tqdm
 
-    from .onnx_export import export_bundle
+    from hipcad.export.onnx_export import export_bundle
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -273,7 +273,7 @@ def train(args) -> int:
         nn.init.normal_(model.classifier.weight, std=0.01)
         nn.init.zeros_(model.classifier.bias)
     else:
-        from .checkpoint import load_timm
+        from hipcad.export.checkpoint import load_timm
 
         model = load_timm(args.arch, read_state_dict(args.init))
     # head "pool-linear": timm's avg-pool + linear; "fastai": fastai's cnn_learner head (concat

@@ -14,24 +14,24 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import HipcadError
+from hipcad.runtime.errors import HipcadError
 
 # name -> ("module:function", one-line help)
 COMMANDS = {
     "export": ("hipcad.export.cli:main", "checkpoint (or --random-init) -> model bundle (ONNX with fused Grad-CAM)"),
     "train": ("hipcad.export.train:main", "fine-tune on a dataset folder (paper's half cut, split by patient) -> bundle"),
     "quantize": ("hipcad.export.quantize:main", "FP32 bundle -> INT8 bundle for CPUs (ONNX Runtime), with its agreement with FP32"),
-    "build-engine": ("hipcad.runtime.engine_build:build_engine_main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
+    "build-engine": ("hipcad.runtime.backends.trt.builder:build_engine_main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
     "predict": ("hipcad.runtime.cli:predict_main", "read radiographs: verdict per hip, heatmap overlay, timings"),
     "synth": ("hipcad.runtime.synth:synth_main", "write synthetic AP pelvis phantoms with fracture labels"),
-    "gpu-check": ("hipcad.runtime.gpu_check:gpu_check_main", "on an NVIDIA GPU: FP16 latency, FP16/FP32 parity, TensorRT build"),
-    "bench": ("hipcad.runtime.bench:bench_main", "time the whole path per radiograph vs the paper's 1.17 s (and --baseline)"),
-    "evaluate": ("hipcad.runtime.evaluate:evaluate_main", "a bundle on a labelled dataset: accuracy, sensitivity, specificity, F1, AUC (95% CI), heatmap check"),
-    "reader-study": ("hipcad.runtime.reader_study:reader_study_main", "read-first answers -> reader accuracy before/after the CAD, Wilcoxon and Fisher tests"),
-    "worker": ("hipcad.appliance.worker:main", "watch a hot folder: durable queue, one inference thread, result store (systemd notify)"),
-    "kiosk": ("hipcad.appliance.kiosk:main", "results screen, JSON API and /metrics over the result store (waitress; auth off loopback)"),
+    "gpu-check": ("hipcad.runtime.tools.gpu_check:gpu_check_main", "on an NVIDIA GPU: FP16 latency, FP16/FP32 parity, TensorRT build"),
+    "bench": ("hipcad.runtime.tools.bench:bench_main", "time the whole path per radiograph vs the paper's 1.17 s (and --baseline)"),
+    "evaluate": ("hipcad.runtime.evaluation.evaluate:evaluate_main", "a bundle on a labelled dataset: accuracy, sensitivity, specificity, F1, AUC (95% CI), heatmap check"),
+    "reader-study": ("hipcad.runtime.evaluation.reader_study:reader_study_main", "read-first answers -> reader accuracy before/after the CAD, Wilcoxon and Fisher tests"),
+    "worker": ("hipcad.appliance.worker.service:main", "watch a hot folder: durable queue, one inference thread, result store (systemd notify)"),
+    "kiosk": ("hipcad.appliance.kiosk.app:main", "results screen, JSON API and /metrics over the result store (waitress; auth off loopback)"),
     "demo": ("hipcad.appliance.demo:main", "worker + kiosk on the demo model with a temporary hot folder and sample radiographs"),
-    "parity": ("hipcad.runtime.parity:parity_main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
+    "parity": ("hipcad.runtime.tools.parity:parity_main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
 }
 EXTRA_FOR = {"torch": "export", "timm": "export", "onnx": "export", "flask": "appliance", "watchdog": "appliance",
              "waitress": "appliance"}
@@ -69,7 +69,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
     """Files as given (each is reported, readable or not); folders expanded to the radiographs
     inside them (sorted, recursive; files that are not DICOM, JPEG or PNG, such as a dataset's
     labels.csv, are left out)."""
-    from .decode import sniff
+    from hipcad.runtime.imaging.decode import sniff
 
     def is_image(path: Path) -> bool:
         try:
@@ -95,10 +95,10 @@ def safe_stem(path: Path) -> str:
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    from .backends import CHOICES, open_backend
-    from .bundle import load_bundle
-    from .overlay import OVERLAY_SUFFIX
-    from .pipeline import Pipeline
+    from hipcad.runtime.backends import CHOICES, open_backend
+    from hipcad.runtime.model.bundle import load_bundle
+    from hipcad.runtime.inference.overlay import OVERLAY_SUFFIX
+    from hipcad.runtime.inference.pipeline import Pipeline
 
     parser = argparse.ArgumentParser(
         prog="hipcad predict",

@@ -32,7 +32,7 @@ def calibrate_batchnorm(model, input_hw, normalise: bool = True):
     import torch
 
     from hipcad.export.fused import GrayToNormalized
-    from hipcad.runtime.selftest import reference_inputs
+    from hipcad.runtime.model.selftest import reference_inputs
 
     batches = [GrayToNormalized()(torch.from_numpy(reference_inputs(4, input_hw, seed=seed)))
                for seed in CALIBRATION_SEEDS]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hipcad.runtime.backends import BACKENDS, backend_class, open_backend
-from hipcad.runtime.bundle import Bundle
+from hipcad.runtime.model.bundle import Bundle
 from hipcad.runtime.errors import BackendUnavailableError, SelfTestError
-from hipcad.runtime.selftest import reference_inputs
+from hipcad.runtime.model.selftest import reference_inputs
 
 from .conftest import run_cli
 

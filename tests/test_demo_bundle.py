@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from hipcad.runtime.backends import open_backend
-from hipcad.runtime.bundle import DEFAULT_BUNDLE, load_bundle
+from hipcad.runtime.model.bundle import DEFAULT_BUNDLE, load_bundle
 
 from .conftest import pelvis_like, run_cli
 
@@ -43,8 +43,8 @@ def test_demo_model_finds_fractures_in_phantoms_it_never_saw(tmp_path):
     """24 fresh phantoms (a seed far from the training set's): most halves right, and the heatmap
     peak on the fracture for most detected fractures. The full figures (500 phantoms) are in the
     README; this guards against shipping a broken or untrained default."""
-    from hipcad.runtime.dataset import Box, load_dataset
-    from hipcad.runtime.pipeline import Pipeline
+    from hipcad.runtime.evaluation.dataset import Box, load_dataset
+    from hipcad.runtime.inference.pipeline import Pipeline
 
     data = tmp_path / "fresh"
     assert run_cli("synth", "--out", str(data), "--count", "24", "--seed", "97531", "-q").returncode == 0

@@ -17,11 +17,11 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
 from pydicom import uid as UID  # noqa: E402
 
-from hipcad.runtime import codecs  # noqa: E402
-from hipcad.runtime.dicom import ROBUST_PERCENTILES, decode_dicom, read_dicom_pixels  # noqa: E402
+from hipcad.runtime.imaging import transfer_syntaxes as codecs  # noqa: E402
+from hipcad.runtime.imaging.dicom import ROBUST_PERCENTILES, decode_dicom, read_dicom_pixels  # noqa: E402
 from hipcad.runtime.errors import BadInputError, CodecUnavailableError, InputTooLargeError  # noqa: E402
-from hipcad.runtime.limits import DecodeLimits  # noqa: E402
-from hipcad.runtime.radiograph import METADATA_KEYS, PATIENT_KEYS  # noqa: E402
+from hipcad.runtime.imaging.limits import DecodeLimits  # noqa: E402
+from hipcad.runtime.imaging.radiograph import METADATA_KEYS, PATIENT_KEYS  # noqa: E402
 
 # Writing the hostile test values makes pydicom warn at write time (decode_dicom itself is quiet).
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
@@ -773,7 +773,7 @@ def test_hostile_strings_stored_verbatim_never_logged(tmp_path, caplog):
     assert rad.metadata["body_part"] == "<b>CHEST</b>"
     # The body-part warning does not quote a value that is not a well-formed code string.
     assert rad.warnings == ["Body Part Examined is an unexpected value, not a pelvis or hip"]
-    assert any(r.name == "hipcad.runtime.dicom" for r in caplog.records)  # the capture works
+    assert any(r.name == "hipcad.runtime.imaging.dicom" for r in caplog.records)  # the capture works
     for record in caplog.records:
         text = record.getMessage()
         for secret in ("<script>", "../../", "onerror", "<b>", "Evil"):
@@ -849,7 +849,7 @@ def test_concurrent_decodes_agree(tmp_path):
 
 @pytest.mark.parametrize("bits,signed", [(12, False), (16, True)])
 def test_bin_stored_is_the_rounded_block_mean(bits, signed):
-    from hipcad.runtime.dicom import bin_stored
+    from hipcad.runtime.imaging.dicom import bin_stored
 
     arr = phantom(bits, signed)
     for k in (2, 3):

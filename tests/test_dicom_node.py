@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hipcad.appliance.config import ConfigError, load_config
-from hipcad.appliance.files import DataDir
-from hipcad.appliance.store import Store
+from hipcad.appliance.storage.files import DataDir
+from hipcad.appliance.storage.store import Store
 
 from .appliance_support import (  # noqa: F401 - fixtures
     kiosk_client, WorkerProcess, dcmtk, demo_process, finished, free_port, need_binary, small_bundle, store_counts, wait_for, write_config,
@@ -83,7 +83,7 @@ def test_dicom_config_keys_and_refusals(tmp_path):
     config = load_config(None, environ={"HIPCAD_DICOM_PORT": "11112", "HIPCAD_DICOM_ALLOWED_AETS": "CR1, DR2",
                                         "HIPCAD_PACS_DESTINATIONS": "PACS@10.0.0.5:104,ARCH@[fd00::5]:11112"})
     assert config.dicom_port == 11112 and config.dicom_allowed_aets == ["CR1", "DR2"]
-    from hipcad.appliance.forward import backoff, destination_key
+    from hipcad.appliance.dicom.forward import backoff, destination_key
 
     assert [destination_key(d) for d in config.pacs_destinations] == ["PACS@10.0.0.5:104", "ARCH@[fd00::5]:11112"]
     assert [backoff(n, 10, 600) for n in (1, 2, 3, 7, 8, 20)] == [10, 20, 40, 600, 600, 600]
@@ -211,7 +211,7 @@ def test_junk_and_malformed_associations_leave_the_listener_serving(node, twenty
 # -- failure statuses (the Listener in this process, no model needed) -------------------------------------------
 @pytest.fixture
 def listener(tmp_path):
-    from hipcad.appliance.dicom_scp import Listener
+    from hipcad.appliance.dicom.scp import Listener
 
     def make(accepting=lambda: True, **keys):
         values = {"dicom_port": free_port(), "dicom_allowed_aets": [MODALITY], **keys}
@@ -296,7 +296,7 @@ def test_failure_statuses_and_nothing_half_written(listener, tmp_path, monkeypat
     assert _c_store(scp.port, _dx_file(tmp_path / "mg.dcm", as_mammo=True)) == 0xA900
     assert _c_store(scp.port, _dx_file(tmp_path / "junk.dcm", body=b"\x10\x00\x10\x00PN\xff\xff" + os.urandom(300))) == 0xC000
 
-    import hipcad.appliance.dicom_scp as scp_module
+    import hipcad.appliance.dicom.scp as scp_module
 
     def no_space(fd):
         raise OSError(28, "No space left on device")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hipcad.runtime.bundle import Bundle, sha256_file
-from hipcad.runtime.selftest import reference_inputs
+from hipcad.runtime.model.bundle import Bundle, sha256_file
+from hipcad.runtime.model.selftest import reference_inputs
 
 from .conftest import run_cli, trained_like_b4_state_dict
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from hipcad.runtime.selftest import reference_inputs
+from hipcad.runtime.model.selftest import reference_inputs
 
 from .conftest import calibrate_batchnorm, run_cli
 

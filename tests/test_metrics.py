@@ -1,4 +1,4 @@
-"""hipcad.runtime.metrics against scikit-learn, the paper's intervals and DeLong's definition."""
+"""hipcad.runtime.evaluation.stats against scikit-learn, the paper's intervals and DeLong's definition."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hipcad.runtime import metrics as M
+from hipcad.runtime.evaluation import stats as M
 
 sk = pytest.importorskip("sklearn.metrics")
 

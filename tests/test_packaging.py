@@ -1,5 +1,6 @@
 """Every folder with an __init__.py is a package of the distribution (a folder missing from the
-package list works in an editable install and is missing from the wheel)."""
+package list works in an editable install and is missing from the wheel), and the package data
+(the demo model, the kiosk's templates) is declared where it lies."""
 
 from __future__ import annotations
 
@@ -7,14 +8,31 @@ import tomllib
 
 from .conftest import REPO
 
+TOPS = ("export", "runtime", "appliance")
+
+
+def _setuptools() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _package_name(folder, mapped: dict) -> str:
+    rel = folder.relative_to(REPO)
+    top = mapped.get(rel.parts[0], f"?{rel.parts[0]}")
+    return ".".join((top, *rel.parts[1:]))
+
 
 def test_every_python_folder_is_packaged():
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    config = _setuptools()
     mapped = {folder: name for name, folder in config["package-dir"].items()}
-    found = {
-        mapped.get(str(init.parent.relative_to(REPO)))
-        or f"?{init.parent.relative_to(REPO)}"
-        for top in ("export", "runtime", "appliance")
-        for init in (REPO / top).rglob("__init__.py")
-    }
+    found = {_package_name(init.parent, mapped) for top in TOPS for init in (REPO / top).rglob("__init__.py")}
     assert found == set(config["packages"]), found ^ set(config["packages"])
+
+
+def test_package_data_patterns_match_files():
+    config = _setuptools()
+    mapped = {name: folder for name, folder in config["package-dir"].items()}
+    for package, patterns in config["package-data"].items():
+        top, *rest = package.split(".")[1:]
+        folder = REPO.joinpath(mapped[f"hipcad.{top}"], *rest)
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"{package}: {pattern} matches nothing in {folder}"

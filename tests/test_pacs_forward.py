@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hipcad.appliance.config import load_config
-from hipcad.appliance.store import Store
+from hipcad.appliance.storage.store import Store
 
 from .appliance_support import (  # noqa: F401 - fixtures
     kiosk_client, Orthanc, WorkerProcess, dcmtk, finished, free_port, need_binary, small_bundle, wait_for, write_config,
@@ -187,8 +187,8 @@ def _queued_results(tmp_path, destinations: list[str]):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from hipcad.appliance import dicom_results
-    from hipcad.appliance.files import DataDir, atomic_write
+    from hipcad.appliance.dicom import results as dicom_results
+    from hipcad.appliance.storage.files import DataDir, atomic_write
 
     data = DataDir(tmp_path / "data").create()
     store = Store(data.root / "hipcad.sqlite3")
@@ -215,8 +215,8 @@ def test_outbox_statuses_backoff_and_retention(tmp_path):
     its back-off and marked sent once; retention deletes the outbox files with the item."""
     from pynetdicom import AE, evt
 
-    from hipcad.appliance.forward import Forwarder
-    from hipcad.appliance.intake import enforce_retention
+    from hipcad.appliance.dicom.forward import Forwarder
+    from hipcad.appliance.worker.intake import enforce_retention
 
     answers: dict[str, list[int]] = {}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hipcad.runtime.decode import decode
-from hipcad.runtime.preprocess import find_midline, image_left_side, prepare
-from hipcad.runtime.radiograph import Radiograph
+from hipcad.runtime.imaging.decode import decode
+from hipcad.runtime.inference.preprocess import find_midline, image_left_side, prepare
+from hipcad.runtime.imaging.radiograph import Radiograph
 
 from .conftest import pelvis_like, write_dicom
 

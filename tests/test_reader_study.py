@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from hipcad.runtime import reader_study as R
+from hipcad.runtime.evaluation import reader_study as R
 
 stats = pytest.importorskip("scipy.stats")
 
@@ -303,8 +303,8 @@ def test_labels_errors(tmp_path, capsys):
 
 def test_kiosk_export_round_trip(tmp_path, capsys):
     """The kiosk's own writer (appliance.readfirst) -> reader-study: quoted names and None answers."""
-    pytest.importorskip("hipcad.appliance.readfirst")
-    from hipcad.appliance import readfirst
+    pytest.importorskip("hipcad.appliance.kiosk.readfirst")
+    from hipcad.appliance.kiosk import readfirst
 
     class FakeStore:
         def all_answers(self):

@@ -1,4 +1,4 @@
-"""Synthetic phantoms (hipcad.runtime.synth) and the dataset folder format (hipcad.runtime.dataset)."""
+"""Synthetic phantoms (hipcad.runtime.synth) and the dataset folder format (hipcad.runtime.evaluation.dataset)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from hipcad.runtime import dataset as dsmod
+from hipcad.runtime.evaluation import dataset as dsmod
 from hipcad.runtime import synth
-from hipcad.runtime.dataset import Box, DatasetError, ImageRecord, SideLabel
+from hipcad.runtime.evaluation.dataset import Box, DatasetError, ImageRecord, SideLabel
 
 SIZE = (600, 500)
 SEED = 7

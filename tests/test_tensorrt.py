@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from hipcad.runtime import engine_cache
-from hipcad.runtime.backends.tensorrt import TensorRTBackend
-from hipcad.runtime.bundle import Bundle
-from hipcad.runtime.engine_build import PYCUDA_MISSING, TENSORRT_MISSING
-from hipcad.runtime.engine_cache import EngineKey, GpuInfo, PlanCacheError
+from hipcad.runtime.backends.trt import plan_cache as engine_cache
+from hipcad.runtime.backends.trt.runner import TensorRTBackend
+from hipcad.runtime.model.bundle import Bundle
+from hipcad.runtime.backends.trt.builder import PYCUDA_MISSING, TENSORRT_MISSING
+from hipcad.runtime.backends.trt.plan_cache import EngineKey, GpuInfo, PlanCacheError
 from hipcad.runtime.errors import BackendUnavailableError
 
 ORIN = GpuInfo("Orin", (8, 7))
@@ -278,7 +278,7 @@ def test_cuda_thread_owns_the_context_and_runs_every_job(monkeypatch):
     """All CUDA work - context push, jobs from any thread, release, pop - happens on one thread."""
     import threading
 
-    from hipcad.runtime.backends.tensorrt import _CudaThread
+    from hipcad.runtime.backends.trt.runner import _CudaThread
     from hipcad.runtime.errors import HipcadError
 
     log = []

@@ -55,7 +55,7 @@ def test_train_writes_a_labelled_bundle_with_its_figures(trained_bundle):
 
 def test_cut_record_maps_the_fracture_box_into_its_half(small_dataset):
     from hipcad.export.train import cut_record
-    from hipcad.runtime.dataset import load_dataset
+    from hipcad.runtime.evaluation.dataset import load_dataset
 
     records = [r for r in load_dataset(small_dataset) if len(r.fractured_sides) == 1]
     assert records
@@ -71,7 +71,7 @@ def test_cut_record_maps_the_fracture_box_into_its_half(small_dataset):
 
 def test_box_masks_and_the_halves_cache(small_dataset, tmp_path):
     from hipcad.export.train import box_masks, cached_halves
-    from hipcad.runtime.dataset import load_dataset
+    from hipcad.runtime.evaluation.dataset import load_dataset
 
     masks = box_masks(np.array([[2, 3, 6, 5], [np.nan] * 4], dtype=np.float32), (8, 10))
     assert masks.shape == (2, 1, 8, 10) and masks[1].sum() == 0
@@ -85,7 +85,7 @@ def test_box_masks_and_the_halves_cache(small_dataset, tmp_path):
 
 
 def test_split_is_by_patient(small_dataset):
-    from hipcad.runtime.dataset import load_dataset, split_by_patient
+    from hipcad.runtime.evaluation.dataset import load_dataset, split_by_patient
 
     parts = split_by_patient(load_dataset(small_dataset), (0.5, 0.25, 0.25), seed=0)
     patients = [{r.patient_id for r in part} for part in parts]
@@ -126,7 +126,7 @@ def test_operating_points_are_written_and_used(trained_bundle, small_dataset, tm
 
 def test_quantize_writes_an_int8_bundle_compared_with_fp32(trained_bundle, small_dataset, tmp_path):
     from hipcad.runtime.backends import open_backend
-    from hipcad.runtime.bundle import load_bundle
+    from hipcad.runtime.model.bundle import load_bundle
     from hipcad.runtime.errors import BackendUnavailableError
 
     out = tmp_path / "int8"
@@ -191,8 +191,8 @@ def test_train_with_the_fastai_head_and_its_checkpoint_round_trip(small_dataset,
     assert proc.returncode == 0, proc.stderr
     assert json.loads((again / "manifest.json").read_text())["provenance"]["format"] == "fastai"
     from hipcad.runtime.backends import open_backend
-    from hipcad.runtime.bundle import Bundle
-    from hipcad.runtime.selftest import reference_inputs
+    from hipcad.runtime.model.bundle import Bundle
+    from hipcad.runtime.model.selftest import reference_inputs
 
     images = reference_inputs(3, (64, 64), seed=5)
     with open_backend("onnxruntime", Bundle(out)) as a, open_backend("onnxruntime", Bundle(again)) as b:

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from hipcad.appliance.config import ConfigError, load_config
-from hipcad.appliance.files import DataDir
-from hipcad.appliance.store import Store
-from hipcad.appliance.worker import Worker
+from hipcad.appliance.storage.files import DataDir
+from hipcad.appliance.storage.store import Store
+from hipcad.appliance.worker.service import Worker
 from hipcad.runtime.backends import open_backend
 from hipcad.runtime.errors import HipcadError
 
@@ -32,7 +32,7 @@ HOSTILE_FILE = "<script>alert(3).dcm"  # a file name cannot hold '/'; '<' it can
 
 
 def kiosk_client(config_path: Path):
-    from hipcad.appliance.kiosk import create_app
+    from hipcad.appliance.kiosk.app import create_app
 
     return create_app(load_config(config_path, environ={})).test_client()
 
@@ -344,7 +344,7 @@ def test_polling_observer_and_disk_guard(tmp_path, small_bundle, radiographs):
 
 
 def test_retention_deletes_old_inputs_and_results(tmp_path):
-    from hipcad.appliance.intake import enforce_retention
+    from hipcad.appliance.worker.intake import enforce_retention
 
     data = DataDir(tmp_path / "data").create()
     store = Store(data.root / "db.sqlite3")
@@ -370,7 +370,7 @@ def test_retention_deletes_old_inputs_and_results(tmp_path):
 def test_a_crash_between_spooling_and_queueing_keeps_the_file_name(tmp_path):
     """The worker killed after admit moved a file into the spool and before it wrote the queue row
     (the state admit leaves there, made by hand): reconcile queues it under the name it came with."""
-    from hipcad.appliance.intake import RECOVERED_NAME, reconcile
+    from hipcad.appliance.worker.intake import RECOVERED_NAME, reconcile
 
     data = DataDir(tmp_path / "data").create()
     store = Store(data.root / "db.sqlite3")
@@ -429,7 +429,7 @@ def test_demo_without_a_model_says_so(tmp_path):
 
 # -- systemd watchdog and notify socket ----------------------------------------------------------------
 def test_watchdog_ping_only_while_observer_and_inference_thread_live(tmp_path):
-    from hipcad.appliance.sdnotify import Notifier
+    from hipcad.appliance.worker.sdnotify import Notifier
 
     worker = Worker(load_config(None, environ={}, hot_folder=tmp_path / "hot", data_dir=tmp_path / "data"))
 

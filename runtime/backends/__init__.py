@@ -5,15 +5,15 @@ from __future__ import annotations
 import importlib
 import logging
 
-from ..errors import BackendUnavailableError, HipcadError
-from .base import Backend
+from hipcad.runtime.errors import BackendUnavailableError, HipcadError
+from hipcad.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
 BACKENDS = {
-    "tensorrt": "hipcad.runtime.backends.tensorrt:TensorRTBackend",
-    "onnxruntime": "hipcad.runtime.backends.onnxruntime:OnnxRuntimeBackend",
-    "torch": "hipcad.runtime.backends.pytorch:TorchBackend",
+    "tensorrt": "hipcad.runtime.backends.trt.runner:TensorRTBackend",
+    "onnxruntime": "hipcad.runtime.backends.onnxrt:OnnxRuntimeBackend",
+    "torch": "hipcad.runtime.backends.pyt:TorchBackend",
 }
 # --backend auto: the fastest first
 AUTO_ORDER = ("tensorrt", "onnxruntime")
@@ -53,7 +53,7 @@ def open_backend(name: str, bundle, selftest: bool = True, **options) -> Backend
         try:
             backend.activate()
             if selftest:
-                from ..selftest import run_selftest
+                from hipcad.runtime.model.selftest import run_selftest
 
                 backend.selftest = run_selftest(backend)
         except HipcadError as err:

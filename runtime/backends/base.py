@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, HipcadError
+from hipcad.runtime.errors import BackendUnavailableError, HipcadError
 
 if TYPE_CHECKING:
-    from ..bundle import Bundle
+    from hipcad.runtime.model.bundle import Bundle
 
 
 class Backend:

@@ -1,0 +1,7 @@
+"""python -m hipcad.appliance.kiosk"""
+
+import sys
+
+from hipcad.appliance.kiosk.app import main
+
+sys.exit(main())

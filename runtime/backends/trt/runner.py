@@ -1,0 +1,288 @@
+"""TensorRT backend: runs the bundle's plan (built on first use, then cached) through pycuda.
+
+``tensorrt`` and ``pycuda`` are imported only inside functions: this module imports anywhere, and
+:meth:`TensorRTBackend.availability` says what is missing instead of raising.
+
+Threading. A CUDA context is current per host thread, and pycuda streams and memory belong to the
+context that made them. Touching them from a thread where that context is not current fails with
+"explicit_context_dependent failed: invalid device context - no currently active context?" - the
+Flask-on-Jetson report in NVIDIA/TensorRT issue #475 - and a thread that ends with a pycuda context
+still pushed aborts the process ("PyCUDA ERROR: The context stack was not empty upon module
+cleanup", NVIDIA/TensorRT issue #1107; the check is in pycuda src/cpp/cuda.hpp). TensorRT's execution
+context is not safe for concurrent use either. So the Flask threads never touch pycuda or TensorRT:
+one dedicated worker thread (:class:`_CudaThread`) retains and pushes the GPU's primary context,
+makes every pycuda/TensorRT call - deserialising, allocating, copying, executing, freeing - and pops
+the context before it ends. Other threads hand it jobs through a queue and wait for the results, so
+concurrent requests are served one at a time. (availability() only calls pycuda's ``init`` and
+``Device.count``, which need no context.)
+
+Register as ``"tensorrt": "hipcad.runtime.backends.trt.runner:TensorRTBackend"``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from hipcad.runtime.backends.trt import builder as engine_build
+
+from hipcad.runtime.backends.trt import plan_cache as engine_cache
+from hipcad.runtime.backends.trt.builder import DEFAULT_WORKSPACE_MB, INPUT, OUTPUTS, PYCUDA_MISSING, TENSORRT_MISSING
+from hipcad.runtime.errors import BackendUnavailableError, HipcadError
+from hipcad.runtime.backends.base import Backend
+
+if TYPE_CHECKING:
+    from hipcad.runtime.model.bundle import Bundle
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, bundle: "Bundle", *, precision: str | None = None, max_batch: int = 2,
+                 cache_dir: str | Path | None = None, version_compatible: bool = False, allow_build: bool = True,
+                 device_index: int = 0, workspace_mb: int = DEFAULT_WORKSPACE_MB) -> None:
+        """``precision`` None: fp16 where TensorRT supports it (10.x), else fp32. ``allow_build`` False:
+        refuse, with the reasons, when no valid plan is cached instead of building one (minutes)."""
+        super().__init__(bundle)
+        self.requested_precision = precision
+        self.max_batch = max_batch
+        self.cache_dir = cache_dir
+        self.version_compatible = version_compatible
+        self.allow_build = allow_build
+        self.device_index = device_index
+        self.workspace_mb = workspace_mb
+        self.plan_path: Path | None = None
+        self._cuda: _CudaThread | None = None
+        self._session: _Session | None = None  # created, used and released on the CUDA thread only
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return False, TENSORRT_MISSING
+        except Exception as err:  # e.g. OSError: the wheel is there, libnvinfer is not
+            return False, f"TensorRT is installed but cannot be loaded ({err})"
+        try:
+            import pycuda.driver as cuda
+        except ImportError:
+            return False, PYCUDA_MISSING
+        except Exception as err:
+            return False, f"pycuda is installed but cannot be loaded ({err})"
+        try:
+            cuda.init()
+            count = cuda.Device.count()
+        except Exception as err:  # pycuda.driver.Error: no driver, driver too old...
+            return False, f"no usable NVIDIA GPU: the CUDA driver failed ({err})"
+        return (True, "") if count else (False, "no NVIDIA GPU found")
+
+    # -- life cycle (caller's thread) -------------------------------------------------------
+    def activate_impl(self) -> None:
+        if self.bundle.precision != "fp32":
+            raise BackendUnavailableError(
+                f"bundle {self.bundle.path} is {self.bundle.precision} (made by `hipcad quantize` for "
+                "ONNX Runtime on CPUs); TensorRT builds its FP16 engine from the FP32 bundle")
+        self._cuda = _CudaThread(self.device_index, on_stop=self._release)
+        try:
+            self._cuda.run(self._load)
+        except BaseException:
+            self.deactivate_impl()
+            raise
+
+    def infer_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(batch) == 0:
+            return np.zeros((0, 2), np.float32), np.zeros((0, *self._session.cam_hw), np.float32)
+        parts = [self._cuda.run(self._execute, batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        return tuple(np.concatenate(outputs) for outputs in zip(*parts))
+
+    def deactivate_impl(self) -> None:
+        if self._cuda is not None:
+            self._cuda.stop()  # runs _release on the CUDA thread, then pops the context
+            self._cuda = None
+
+    # -- on the CUDA thread -----------------------------------------------------------------
+    def _load(self) -> None:
+        import pycuda.driver as cuda
+        import tensorrt as trt
+
+        gpu = engine_build.query_gpu(self.device_index)
+        precision = engine_build.resolve_precision(self.requested_precision, trt)
+        options = dict(max_batch=self.max_batch, version_compatible=self.version_compatible)
+        problems: list[str] = []
+        plan = engine_cache.lookup(self.bundle, gpu, trt.__version__, precision, cache_dir=self.cache_dir,
+                                   problems=problems, **options)
+        if plan is None and not self.allow_build:
+            raise BackendUnavailableError(
+                f"no usable TensorRT plan for {self.bundle.name} on {gpu.name} (TensorRT {trt.__version__}, "
+                f"{precision}): {'; '.join(problems) or 'none has been built'}; build one (engine_build.build_engine)"
+            )
+        if plan is None:
+            plan = engine_build.build_engine(self.bundle, precision, workspace_mb=self.workspace_mb,
+                                             cache_dir=self.cache_dir, gpu=gpu, **options)
+        key = engine_cache.EngineKey.make(self.bundle, gpu, trt.__version__, precision, **options)
+        data, record = engine_cache.read_plan(plan, key, trt.__version__)  # deserialize the bytes just verified
+
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        if self.version_compatible:
+            # version-compatible plans embed a lean runtime (host code); allowed only for this plan, whose
+            # bytes match the sidecar we wrote (developer guide "Version Compatibility"; IRuntime docs)
+            runtime.engine_host_code_allowed = True
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise BackendUnavailableError(f"TensorRT could not load plan {plan} (see its messages above); "
+                                          "delete the plan and its .json to rebuild it")
+        # I/O by name (ICudaEngine.num_io_tensors / get_tensor_name / get_tensor_mode / get_tensor_dtype)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        found = {n: (engine.get_tensor_mode(n), engine.get_tensor_dtype(n)) for n in names}
+        wanted = {INPUT: (trt.TensorIOMode.INPUT, trt.uint8),
+                  **{n: (trt.TensorIOMode.OUTPUT, trt.float32) for n in OUTPUTS}}
+        if found != wanted:
+            raise BackendUnavailableError(f"TensorRT plan {plan} does not have the bundle's inputs and outputs: {found}")
+
+        context = engine.create_execution_context()  # one context, used only on this thread
+        max_input = tuple(engine.get_tensor_profile_shape(INPUT, 0)[2])  # (min, opt, max) of profile 0
+        context.set_input_shape(INPUT, max_input)
+        host, device = {}, {}
+        for name in names:  # page-locked host + device buffers for the largest batch, reused by every call
+            shape, dtype = tuple(context.get_tensor_shape(name)), trt.nptype(engine.get_tensor_dtype(name))
+            host[name] = cuda.pagelocked_empty(shape, dtype)
+            device[name] = cuda.mem_alloc(host[name].nbytes)
+        # a stream of our own: execute_async_v3 on the default stream costs "additional cudaDeviceSynchronize()
+        # calls" (IExecutionContext.execute_async_v3 docstring, pyCoreDoc.h)
+        self._session = _Session(runtime, engine, context, cuda.Stream(), host, device)
+        self.max_batch = max_input[0]
+        self.plan_path = plan
+        self.precision = record["key"]["precision"]
+        self.device = f"CUDA:{self.device_index} {gpu.name}, TensorRT {trt.__version__} {self.precision}"
+        self._execute(np.zeros((1, 1, *self.bundle.input_hw), np.uint8))  # warm-up: first run initialises lazily
+
+    def _execute(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import pycuda.driver as cuda
+
+        s, n = self._session, len(batch)
+        if not s.context.set_input_shape(INPUT, batch.shape):
+            raise HipcadError(f"TensorRT refused input shape {list(batch.shape)}")
+        for name, allocation in s.device.items():
+            s.context.set_tensor_address(name, int(allocation))
+        host_in = s.host[INPUT][:n]
+        np.copyto(host_in, batch)
+        cuda.memcpy_htod_async(s.device[INPUT], host_in, s.stream)  # async copies need page-locked host memory
+        if not s.context.execute_async_v3(s.stream.handle):
+            raise HipcadError("TensorRT execution failed (see its messages above)")
+        outputs = [s.host[name][:n] for name in OUTPUTS]
+        for name, out in zip(OUTPUTS, outputs):
+            cuda.memcpy_dtoh_async(out, s.device[name], s.stream)
+        s.stream.synchronize()
+        return tuple(out.copy() for out in outputs)  # the host buffers are reused by the next call
+
+    def _release(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+@dataclass
+class _Session:
+    """TensorRT objects and pycuda buffers of one activation; all belong to the CUDA thread."""
+
+    runtime: Any
+    engine: Any
+    context: Any
+    stream: Any
+    host: dict[str, np.ndarray]
+    device: dict[str, Any]
+
+    @property
+    def cam_hw(self) -> tuple[int, int]:
+        return tuple(self.host["cam"].shape[1:])
+
+    def close(self) -> None:
+        """Free everything while the CUDA context is still current: execution context before engine
+        before runtime, then the buffers (pycuda ``DeviceAllocation.free``, ``PagelockedHostAllocation.free``
+        via the array's ``base``, doc/driver.rst)."""
+        self.stream.synchronize()
+        self.context = self.engine = self.runtime = None
+        for allocation in self.device.values():
+            allocation.free()
+        for array in self.host.values():
+            array.base.free()
+        self.stream = None
+
+
+class _CudaThread:
+    """One thread that owns the GPU's CUDA context and runs every job handed to it, in order.
+
+    It retains the device's primary context - the one the CUDA runtime, hence TensorRT, uses - and
+    pushes it, since retain_primary_context does not make it current (pycuda doc/driver.rst,
+    ``Device.retain_primary_context``; the same pattern as pycuda/autoprimaryctx.py). On stop it runs
+    ``on_stop`` (free everything), then ``Context.pop`` and ``Context.detach`` (release), on itself.
+    """
+
+    def __init__(self, device_index: int, on_stop: Callable[[], None]) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._on_stop = on_stop
+        started: Future = Future()
+        self._thread = threading.Thread(target=self._main, args=(device_index, started),
+                                        name="hipcad-tensorrt", daemon=True)
+        self._thread.start()
+        started.result()  # re-raises a failure to set up the context
+        atexit.register(self.stop)  # pop the context even if nobody calls deactivate()
+
+    def run(self, fn: Callable, *args):
+        """Run ``fn(*args)`` on the CUDA thread; return its result or raise its exception."""
+        done: Future = Future()
+        with self._lock:
+            if self._stopped:
+                raise HipcadError("the TensorRT backend has been deactivated")
+            self._jobs.put((fn, args, done))
+        return done.result()
+
+    def stop(self) -> None:
+        """Finish the queued jobs, free and pop on the CUDA thread, wait for it to end."""
+        atexit.unregister(self.stop)
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._jobs.put(None)
+        self._thread.join()
+
+    def _main(self, device_index: int, started: Future) -> None:
+        try:
+            import pycuda.driver as cuda
+
+            cuda.init()
+            context = cuda.Device(device_index).retain_primary_context()
+            context.push()
+        except BaseException as err:
+            with self._lock:
+                self._stopped = True
+            started.set_exception(err)
+            return
+        started.set_result(None)
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, args, done = job
+                try:
+                    done.set_result(fn(*args))
+                except BaseException as err:
+                    # drop the failed job's locals (an engine, device buffers) here, while the context is
+                    # current, rather than wherever the caller's traceback is finally collected
+                    traceback.clear_frames(err.__traceback__)
+                    done.set_exception(err)
+        finally:
+            try:
+                self._on_stop()
+            finally:
+                cuda.Context.pop()
+                context.detach()
