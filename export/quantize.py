@@ -36,7 +36,7 @@ QUANTISED_OPS = ["Conv", "Mul", "Add", "Sigmoid", "ReduceMean"]
 
 def calibration_batches(bundle, inputs: list[str], count: int) -> tuple[list[np.ndarray], list[str]]:
     """Up to ``count`` preprocessed batches ([2, 1, H, W] uint8), decoded and split as at run time."""
-    from hipcad.runtime.cli import expand_inputs
+    from hipcad.runtime.predict import expand_inputs
     from hipcad.runtime.imaging.decode import decode
     from hipcad.runtime.inference.pipeline import min_decode_side
     from hipcad.runtime.inference.preprocess import prepare

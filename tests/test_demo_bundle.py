@@ -56,10 +56,10 @@ def test_demo_model_finds_fractures_in_phantoms_it_never_saw(tmp_path):
     for rec, result in zip(dataset, results):
         assert result.ok, result.error
         for side in result.sides:
-            label = rec.sides[side["side"]]
-            right += side["fracture"] == label.fracture
-            if label.fracture and side["fracture"] and label.box:
+            label = rec.sides[side.side]
+            right += side.fracture == label.fracture
+            if label.fracture and side.fracture and label.box:
                 detected += 1
-                hits += Box(*side["heatmap_peak_box"]).intersection(label.box) > 0
+                hits += Box(*side.heatmap_peak_box).intersection(label.box) > 0
     assert right / (2 * len(dataset)) >= 0.85
     assert detected >= 5 and hits / detected >= 0.8

@@ -17,7 +17,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
 from pydicom import uid as UID  # noqa: E402
 
-from hipcad.runtime.imaging import transfer_syntaxes as codecs  # noqa: E402
+from hipcad.runtime.imaging import transfer_syntaxes  # noqa: E402
 from hipcad.runtime.imaging.dicom import ROBUST_PERCENTILES, decode_dicom, read_dicom_pixels  # noqa: E402
 from hipcad.runtime.errors import BadInputError, CodecUnavailableError, InputTooLargeError  # noqa: E402
 from hipcad.runtime.imaging.limits import DecodeLimits  # noqa: E402
@@ -647,7 +647,7 @@ def test_codec_unavailable(tmp_path, monkeypatch):
     dec = get_decoder(UID.JPEG2000Lossless)
     monkeypatch.setattr(dec, "_available", {})
     monkeypatch.setattr(dec, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0")})
-    status = codecs.status_for(UID.JPEG2000Lossless)
+    status = transfer_syntaxes.status_for(UID.JPEG2000Lossless)
     assert not status.available and "pylibjpeg-openjpeg" in status.install
     with pytest.raises(CodecUnavailableError) as err:
         decode_dicom(path)
@@ -671,7 +671,7 @@ def test_unsupported_transfer_syntax(tmp_path):
 
 
 def test_codec_status_table():
-    table = codecs.codec_status()
+    table = transfer_syntaxes.codec_status()
     uids = {s.uid for s in table}
     expected = {
         UID.ImplicitVRLittleEndian, UID.ExplicitVRLittleEndian, UID.ExplicitVRBigEndian,
@@ -684,7 +684,7 @@ def test_codec_status_table():
         assert s.name and isinstance(s.available, bool)
         assert s.available, f"{s.name}: {s.install} ({s.missing})"  # the test environment has them all
         assert s.install is None
-    assert codecs.unavailable_message(UID.ExplicitVRLittleEndian) is None
+    assert transfer_syntaxes.unavailable_message(UID.ExplicitVRLittleEndian) is None
 
 
 # -------------------------------------------------------------------------------- metadata

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from werkzeug.security import generate_password_hash
 
+from hipcad.runtime.model.notice import UNTRAINED as UNTRAINED_NOTICE
 from hipcad.appliance.config import Config, ConfigError
 from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.kiosk.app import create_app, main
@@ -130,7 +131,7 @@ def test_pages_and_api(tmp_path):
     page = client.get("/").get_data(as_text=True)
     assert "PATIENT RIGHT HIP" in page and "FRACTURE SUSPECTED" in page and "no fracture detected" in page
     assert "COULD NOT READ THIS FILE" in page  # the newest is the failure
-    assert "DOE JANE" in page and "DEMO MODEL, NOT FOR CLINICAL USE" in page
+    assert "DOE JANE" in page and UNTRAINED_NOTICE.banner in page
     assert "operating point: default (threshold 0.5)" in page
     results = client.get("/api/results").get_json()["results"]
     assert [r["id"] for r in results] == sorted(ids, reverse=True)

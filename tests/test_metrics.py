@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hipcad.runtime.evaluation import roc_plot
 from hipcad.runtime.evaluation import stats as M
 
 sk = pytest.importorskip("sklearn.metrics")
@@ -223,7 +224,7 @@ def test_render_roc_png(tmp_path):
     y, s = _data(2, n=300)
     fpr, tpr, _ = M.roc_curve(y, s)
     r = M.binary_metrics(y, s, n_bootstrap=0)
-    out = M.render_roc_png(fpr, tpr, r["auc"]["value"], tmp_path / "roc.png", title="Test ROC",
+    out = roc_plot.render_roc_png(fpr, tpr, r["auc"]["value"], tmp_path / "roc.png", title="Test ROC",
                            auc_ci=r["auc"]["ci95"])
     img = Image.open(out)
     assert img.format == "PNG" and img.size == (640, 640)
@@ -232,5 +233,5 @@ def test_render_roc_png(tmp_path):
     assert blue.sum() > 1000  # the curve is drawn
     assert (a.sum(axis=2) < 200).sum() > 2000  # axes, ticks and text
     # an undefined AUC still renders
-    M.render_roc_png([0, 1], [0, 1], None, tmp_path / "none.png")
+    roc_plot.render_roc_png([0, 1], [0, 1], None, tmp_path / "none.png")
     assert Image.open(tmp_path / "none.png").size == (640, 640)

@@ -188,7 +188,8 @@ def _queued_results(tmp_path, destinations: list[str]):
     from pydicom.uid import ExplicitVRLittleEndian
 
     from hipcad.appliance.dicom import results as dicom_results
-    from hipcad.appliance.storage.files import DataDir, atomic_write
+    from hipcad.appliance.storage.files import DataDir
+    from hipcad.runtime.durable import atomic_write
 
     data = DataDir(tmp_path / "data").create()
     store = Store(data.root / "hipcad.sqlite3")

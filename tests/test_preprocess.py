@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from hipcad.runtime.imaging.decode import decode
-from hipcad.runtime.inference.preprocess import find_midline, image_left_side, prepare
+from hipcad.runtime.inference.midline import find_midline
+from hipcad.runtime.inference.preprocess import prepare
+from hipcad.runtime.inference.sides import image_left_side
 from hipcad.runtime.imaging.radiograph import Radiograph
 
 from .conftest import pelvis_like, write_dicom

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from hipcad.runtime.evaluation import paired_tests as P
 from hipcad.runtime.evaluation import reader_study as R
 
 stats = pytest.importorskip("scipy.stats")
@@ -41,14 +42,14 @@ def write_study(path, n_readers=31, n_images=300, seed=0, truth_in_csv=True, fil
 
 
 def run_json(capsys, *argv):
-    assert R.reader_study_main([*argv, "--json"]) == 0
+    assert R.main([*argv, "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1  # one JSON object
     return json.loads(out)
 
 
 def run_error(capsys, *argv):
-    assert R.reader_study_main(list(argv)) == 1
+    assert R.main(list(argv)) == 1
     cap = capsys.readouterr()
     assert cap.out == ""
     msg = cap.err.strip()
@@ -107,7 +108,7 @@ def test_worked_example_against_scipy_and_numpy(study, capsys):
 
 def test_table_output(study, capsys):
     path, _, _ = study
-    assert R.reader_study_main([str(path)]) == 0
+    assert R.main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "R00" in out and "pooled" in out and "Wald 95% CIs" in out
     assert "Wilcoxon signed-rank" in out and "Fisher's exact" in out
@@ -139,7 +140,7 @@ def _wilcoxon_cases():
 
 @pytest.mark.parametrize("method, d", _wilcoxon_cases())
 def test_wilcoxon_agrees_with_scipy(method, d):
-    ours = R.wilcoxon_signed_rank(d)
+    ours = P.wilcoxon_signed_rank(d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sp = stats.wilcoxon(d)
@@ -154,7 +155,7 @@ def test_wilcoxon_agrees_with_scipy(method, d):
 
 
 def test_wilcoxon_all_zero_large_is_nan_like_scipy():
-    ours = R.wilcoxon_signed_rank(np.zeros(20))
+    ours = P.wilcoxon_signed_rank(np.zeros(20))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert np.isnan(stats.wilcoxon(np.zeros(20)).pvalue)
@@ -175,7 +176,7 @@ def _fisher_tables():
 
 @pytest.mark.parametrize("table", _fisher_tables())
 def test_fisher_agrees_with_scipy(table):
-    ours = R.fisher_exact(table)
+    ours = P.fisher_exact(table)
     sp = stats.fisher_exact(table)
     assert ours["p_value"] == pytest.approx(sp.pvalue, rel=1e-9, abs=1e-300)
     if np.isnan(sp.statistic):
@@ -185,7 +186,7 @@ def test_fisher_agrees_with_scipy(table):
 
 
 def test_fisher_is_fast_and_exact_on_a_large_symmetric_table():
-    ours = R.fisher_exact([[70000, 70003], [70003, 70000]])
+    ours = P.fisher_exact([[70000, 70003], [70003, 70000]])
     assert ours["p_value"] == pytest.approx(stats.fisher_exact([[70000, 70003], [70003, 70000]]).pvalue, rel=1e-9)
 
 

@@ -183,7 +183,7 @@ def test_run_has_every_format(run_dir, info):
 
 
 def test_dicom_headers(run_dir, info):
-    sop_classes = set(synth._SOP_CLASSES.values())
+    sop_classes = set(synth.writer._SOP_CLASSES.values())
     for name, i in info.items():
         if not name.endswith(".dcm"):
             continue
@@ -305,7 +305,7 @@ def test_save_preview(tmp_path):
 # ----------------------------------------------------------------------------- command line
 def test_synth_main(tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = synth.synth_main(["--out", str(out), "--count", "3", "--seed", "4", "--size", "400x330",
+    rc = synth.main(["--out", str(out), "--count", "3", "--seed", "4", "--size", "400x330",
                            "--formats", "dicom,jpeg", "--fracture-rate", "1", "--preview", str(tmp_path / "p.png")])
     assert rc == 0
     text = capsys.readouterr().out
@@ -314,13 +314,13 @@ def test_synth_main(tmp_path, capsys):
     data = dsmod.load_dataset(out)
     assert len(data) == 3 and all(rec.fractured for rec in data)
     # an existing dataset is not overwritten without --force
-    assert synth.synth_main(["--out", str(out), "--count", "1", "-q"]) == 1
+    assert synth.main(["--out", str(out), "--count", "1", "-q"]) == 1
     assert "--force" in capsys.readouterr().err
-    assert synth.synth_main(["--out", str(out), "--count", "1", "--size", "400x330", "--force", "-q"]) == 0
+    assert synth.main(["--out", str(out), "--count", "1", "--size", "400x330", "--force", "-q"]) == 0
     assert len(dsmod.load_dataset(out)) == 1
     with pytest.raises(SystemExit):
-        synth.synth_main(["--out", str(out), "--size", "big"])
-    assert synth.synth_main(["--out", str(tmp_path / "z"), "--formats", "tiff"]) == 1
+        synth.main(["--out", str(out), "--size", "big"])
+    assert synth.main(["--out", str(tmp_path / "z"), "--formats", "tiff"]) == 1
 
 
 # ----------------------------------------------------------------------------- dataset format

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hipcad.export.train import dividing_line
+from hipcad.export.train.halves import dividing_line
 
 from .conftest import run_cli
 
@@ -54,7 +54,7 @@ def test_train_writes_a_labelled_bundle_with_its_figures(trained_bundle):
 
 
 def test_cut_record_maps_the_fracture_box_into_its_half(small_dataset):
-    from hipcad.export.train import cut_record
+    from hipcad.export.train.halves import cut_record
     from hipcad.runtime.evaluation.dataset import load_dataset
 
     records = [r for r in load_dataset(small_dataset) if len(r.fractured_sides) == 1]
@@ -70,7 +70,8 @@ def test_cut_record_maps_the_fracture_box_into_its_half(small_dataset):
 
 
 def test_box_masks_and_the_halves_cache(small_dataset, tmp_path):
-    from hipcad.export.train import box_masks, cached_halves
+    from hipcad.export.train.augment import box_masks
+    from hipcad.export.train.halves import cached_halves
     from hipcad.runtime.evaluation.dataset import load_dataset
 
     masks = box_masks(np.array([[2, 3, 6, 5], [np.nan] * 4], dtype=np.float32), (8, 10))

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 from hipcad.appliance.config import Config, parse_destination
-from hipcad.appliance.storage.files import DataDir, atomic_write
+from hipcad.appliance.storage.files import DataDir
+from hipcad.runtime.durable import atomic_write
 from hipcad.appliance.storage.store import Store
 
 log = logging.getLogger("hipcad.forward")

@@ -14,12 +14,14 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from hipcad.runtime.inference.verdict import verdict_words
+from hipcad.runtime.model.notice import NOT_FOR_CLINICAL_USE, notice_for
+
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR Storage
 SOP_CLASSES = {"sc": SC_SOP_CLASS, "sr": SR_SOP_CLASS}
 SERIES_NUMBERS = {"sc": 9901, "sr": 9902}
 MANUFACTURER = "hipcad"
-NOT_CLINICAL = "NOT FOR CLINICAL USE"
 
 # Patient, patient-study and general-study attributes copied from the source as they are
 # (values are never logged or used to build anything but these datasets).
@@ -42,19 +44,15 @@ def plan(destinations: list[str]) -> list[dict]:
 
 def model_note(model: dict) -> str | None:
     """The warning a result of a demo model carries, else None."""
-    if not model.get("trained", True):
-        return f"UNTRAINED MODEL (random weights) - {NOT_CLINICAL}"
-    if model.get("synthetic_demo"):
-        return f"SYNTHETIC DEMO MODEL - {NOT_CLINICAL}"
-    return None
+    notice = notice_for(model)
+    return notice.banner if notice else None
 
 
 def series_description(kind: str, model: dict) -> str:
     what = "hipcad CAD heatmap" if kind == "sc" else "hipcad CAD report"
-    note = model_note(model)
-    if note:
-        short = "UNTRAINED MODEL" if not model.get("trained", True) else "SYNTHETIC MODEL"
-        what = f"{what} [{short} - {NOT_CLINICAL}]"
+    notice = notice_for(model)
+    if notice:
+        what = f"{what} [{notice.short} - {NOT_FOR_CLINICAL_USE}]"
     return what[:64]
 
 
@@ -65,7 +63,7 @@ def read_source(path: Path):
 
 
 def _verdict_text(sides: list[dict]) -> str:
-    return "; ".join(f"patient {s['side']} hip: {'FRACTURE SUSPECTED' if s['fracture'] else 'no fracture detected'} "
+    return "; ".join(f"patient {s['side']} hip: {verdict_words(s['fracture'])} "
                      f"(probability {s['probability']:.3f})" for s in sides)
 
 

@@ -27,11 +27,12 @@ import threading
 import time
 import uuid
 
-from hipcad.runtime.imaging import transfer_syntaxes as codecs
+from hipcad.runtime.imaging import transfer_syntaxes
 
 from hipcad.appliance.config import Config
 from hipcad.appliance.dicom.results import MANUFACTURER
-from hipcad.appliance.storage.files import TMP_PREFIX, DataDir, remove_quietly
+from hipcad.appliance.storage.files import DataDir, remove_quietly
+from hipcad.runtime.durable import TMP_PREFIX
 from hipcad.appliance.worker.intake import admit, free_mb
 from hipcad.appliance.storage.store import Store
 
@@ -81,7 +82,7 @@ def printable(text: str, limit: int = 64) -> str:
 def accepted_transfer_syntaxes() -> list[str]:
     usable = []
     for uid in TRANSFER_SYNTAXES:
-        status = codecs.status_for(uid)
+        status = transfer_syntaxes.status_for(uid)
         if status is not None and status.available:
             usable.append(uid)
     return usable

@@ -9,7 +9,7 @@ import io
 import json
 from datetime import datetime
 
-from hipcad.appliance.kiosk.views import SIDES
+from hipcad.runtime.inference.sides import SIDES
 from hipcad.appliance.storage.store import Store
 
 CSV_HEADER = ("reader", "study_id", "file", "side", "truth", "before", "after", "before_at", "after_at")

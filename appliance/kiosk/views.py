@@ -8,9 +8,9 @@ import time
 from datetime import datetime
 
 from hipcad.appliance.config import Config
+from hipcad.runtime.model.notice import notice_for
 from hipcad.appliance.storage.store import Store
 
-SIDES = ("right", "left")
 
 
 def iso(ts: float | None) -> str | None:
@@ -193,8 +193,9 @@ def banners(h: dict) -> list[dict]:
                         "text": f"CAD RESULTS NOT REACHING PACS {dest['name']}: {dest['queue']} waiting "
                                 f"(last error: {dest['last_error']}). They are kept and sent when it answers."})
     model = h["model"]
-    if model and (not model.get("trained", True) or model.get("synthetic_demo")):
-        out.append({"level": "warning", "key": "demo-model", "text": f"DEMO MODEL, NOT FOR CLINICAL USE: {model.get('label')}"})
+    notice = notice_for(model) if model else None
+    if notice:
+        out.append({"level": "warning", "key": "demo-model", "text": f"{notice.banner}: {model.get('name')}"})
     backend = h["backend"]
     if backend.get("runtime_fallback"):
         out.append({"level": "warning", "key": "fallback",

@@ -16,59 +16,11 @@ value or the name a file arrived with::
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import re
-import shutil
 from pathlib import Path
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-TMP_PREFIX = ".tmp-"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def move_durable(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst`` and make both folders durable. Within one filesystem this is one
-    ``os.replace``; across filesystems (a hot folder on a network share) a fsynced copy that is
-    renamed into place, then the source is removed."""
-    try:
-        os.replace(src, dst)
-    except OSError as err:
-        if err.errno != errno.EXDEV:
-            raise
-        tmp = dst.with_name(f"{TMP_PREFIX}{dst.name}")
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-        fsync_dir(dst.parent)
-        os.unlink(src)
-    else:
-        fsync_dir(dst.parent)
-    if src.parent != dst.parent:
-        fsync_dir(src.parent)
-
-
 def sha256_of(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from hipcad.runtime.imaging.decode import sniff
 
-from hipcad.appliance.storage.files import SHA256_RE, DataDir, atomic_write, move_durable, remove_quietly, sha256_of
+from hipcad.appliance.storage.files import SHA256_RE, DataDir, remove_quietly, sha256_of
+from hipcad.runtime.durable import atomic_write, move_durable
 from hipcad.appliance.storage.store import Duplicate, Store
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from hipcad.runtime.inference.pipeline import Pipeline
 
 from hipcad.appliance.dicom import results as dicom_results
 from hipcad.appliance.config import Config, ConfigError, load_config
-from hipcad.appliance.storage.files import DataDir, atomic_write, move_durable, remove_quietly
+from hipcad.appliance.storage.files import DataDir, remove_quietly
+from hipcad.runtime.durable import atomic_write, move_durable
 from hipcad.appliance.worker.hotfolder import HotFolder
 from hipcad.appliance.dicom.scp import Listener
 from hipcad.appliance.dicom.forward import Forwarder
@@ -341,8 +342,7 @@ class Worker:
         move_durable(spool, data.processed / sha)
         if outbox:
             self.forwarder.wake.set()
-        verdicts = ", ".join(f"{s['side']}={'FRACTURE' if s['fracture'] else 'none'} ({s['probability']:.2f})"
-                             for s in result.sides)
+        verdicts = ", ".join(f"{s.side}: {s.words} ({s.probability:.2f})" for s in result.sides)
         log.info("item %d read in %.0f ms: %s", item_id, result.timings_ms.get("total", 0.0), verdicts)
         return backend
 

@@ -55,14 +55,18 @@ duplicate row, or a ``none`` row next to a fracture row raise :class:`DatasetErr
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
+from hipcad.runtime.durable import atomic_write
+from hipcad.runtime.evaluation.box import Box
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.inference.sides import SIDES, image_left_side
 
 __all__ = [
     "LABELS_FILE",
@@ -87,62 +91,12 @@ LABELS_FILE = "labels.csv"
 REGIONS_FILE = "regions.csv"
 LABEL_FIELDS = ("file", "patient_id", "side", "x0", "y0", "x1", "y1")
 REGION_FIELDS = ("file", "side", "region", "x0", "y0", "x1", "y1")
-SIDES = ("right", "left")  # patient sides
 NONE_SIDE = "none"
 NECK_TROCHANTER = "neck_trochanter"
 
 
 class DatasetError(HipcadError, ValueError):
     """labels.csv / regions.csv is malformed or names a file that is not there."""
-
-
-class Box(NamedTuple):
-    """A box in stored-pixel coordinates: (x0, y0) top-left, (x1, y1) bottom-right."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    @property
-    def width(self) -> float:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> float:
-        return self.y1 - self.y0
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.width) * max(0.0, self.height)
-
-    def mirrored(self, image_width: float) -> "Box":
-        """The same box after a left-right flip of an image ``image_width`` pixels wide."""
-        return Box(image_width - self.x1, self.y0, image_width - self.x0, self.y1)
-
-    def scaled(self, sx: float, sy: float | None = None) -> "Box":
-        sy = sx if sy is None else sy
-        return Box(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy)
-
-    def shifted(self, dx: float, dy: float) -> "Box":
-        return Box(self.x0 + dx, self.y0 + dy, self.x1 + dx, self.y1 + dy)
-
-    def clipped(self, width: float, height: float) -> "Box":
-        return Box(min(max(self.x0, 0.0), width), min(max(self.y0, 0.0), height),
-                   min(max(self.x1, 0.0), width), min(max(self.y1, 0.0), height))
-
-    def contains(self, other: "Box", tol: float = 0.0) -> bool:
-        return (other.x0 >= self.x0 - tol and other.y0 >= self.y0 - tol
-                and other.x1 <= self.x1 + tol and other.y1 <= self.y1 + tol)
-
-    def intersection(self, other: "Box") -> float:
-        w = min(self.x1, other.x1) - max(self.x0, other.x0)
-        h = min(self.y1, other.y1) - max(self.y0, other.y0)
-        return max(0.0, w) * max(0.0, h)
 
 
 @dataclass(frozen=True)
@@ -380,12 +334,11 @@ def _box_cells(box: Box | None) -> list[str]:
 
 
 def _atomic_write_csv(path: Path, header: tuple[str, ...], rows: Iterable[list[str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode("utf-8"), durable=False)
 
 
 def write_labels(root: str | os.PathLike, records: Iterable[ImageRecord], *, regions: bool = True) -> Path:
@@ -433,9 +386,7 @@ def iter_halves(records: Iterable[ImageRecord] | Dataset) -> Iterator[tuple[Imag
 def image_half(side: str, patient_orientation=None) -> str:
     """Which image half ("left" / "right") shows patient ``side`` given a PatientOrientation
     (a backslash-joined string or a sequence of values); see
-    :func:`hipcad.runtime.inference.preprocess.image_left_side`, which the inference path uses."""
-    from hipcad.runtime.inference.preprocess import image_left_side
-
+    :func:`hipcad.runtime.inference.sides.image_left_side`, which the inference path uses."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, not {side!r}")
     if patient_orientation is not None and not isinstance(patient_orientation, str):

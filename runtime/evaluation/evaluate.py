@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hipcad.runtime.model.bundle import MANIFEST, atomic_write
+from hipcad.runtime.durable import atomic_write
+from hipcad.runtime.model.bundle import MANIFEST
 from hipcad.runtime.evaluation.dataset import Box, load_dataset
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.evaluation.stats import binary_metrics, render_roc_png, roc_curve, threshold_for_sensitivity, threshold_for_specificity
+from hipcad.runtime.evaluation.roc_plot import render_roc_png
+from hipcad.runtime.evaluation.stats import binary_metrics, roc_curve, threshold_for_sensitivity, threshold_for_specificity
 
 
 def localisation(rows: list[dict]) -> dict:
@@ -55,17 +57,17 @@ def score_dataset(pipeline, dataset, progress: bool = True) -> tuple[list[dict],
             failures.append({"file": rec.file, "error": result.error})
             continue
         for side in result.sides:
-            label = rec.sides[side["side"]]
-            peak = Box(*side["heatmap_peak_box"])
+            label = rec.sides[side.side]
+            peak = Box(*side.heatmap_peak_box)
             cx, cy = peak.center
-            region = rec.region(side["side"])
+            region = rec.region(side.side)
             rows.append({
                 "file": rec.file,
-                "side": side["side"],
+                "side": side.side,
                 "truth": int(label.fracture),
-                "probability": side["probability"],
-                "predicted": int(side["fracture"]),
-                "peak_box": list(side["heatmap_peak_box"]),
+                "probability": side.probability,
+                "predicted": int(side.fracture),
+                "peak_box": list(side.heatmap_peak_box),
                 "peak_in_box": (peak.intersection(label.box) > 0) if label.fracture and label.box else None,
                 "peak_outside_neck": (not region.contains(Box(cx, cy, cx, cy))) if (not label.fracture and region) else None,
             })
@@ -90,7 +92,7 @@ def write_operating_points(bundle, y, p, target_sens: float, target_spec: float,
     return points
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
     from hipcad.runtime.model.bundle import load_bundle
     from hipcad.runtime.inference.pipeline import Pipeline

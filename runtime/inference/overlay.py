@@ -3,14 +3,15 @@ sized for a screen (the longest side at most ``max_side`` pixels, not a 20-megap
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hipcad.runtime.inference.verdict import heatmap_on_image
+from hipcad.runtime.durable import atomic_write
+from hipcad.runtime.inference.heatmap import heatmap_on_image
+from hipcad.runtime.inference.verdict import SideVerdict
 from hipcad.runtime.inference.preprocess import Prepared
 
 MAX_SIDE = 1024
@@ -42,38 +43,45 @@ def display_size(shape_hw: tuple[int, int], max_side: int = MAX_SIDE) -> tuple[i
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def render(
-    pixels: np.ndarray,
-    prepared: Prepared,
-    cam: np.ndarray,
-    sides: list[dict],
-    banner: str | None = None,
-    max_side: int = MAX_SIDE,
-) -> Image.Image:
+def display_image(pixels: np.ndarray, max_side: int = MAX_SIDE) -> Image.Image:
+    """The radiograph alone at screen size (8-bit grey): the overlay's base, and the image the
+    read-first mode shows before the CAD result."""
     h, w = display_size(pixels.shape, max_side)
     # reducing_gap=1: a reduction over whole pixel blocks first, then bilinear; for a display image
     # close to a plain resize, and several times faster on 10-megapixel radiographs
-    base = Image.fromarray(pixels).resize((w, h), Image.BILINEAR, reducing_gap=1.0).convert("RGB")
-    heat = Image.fromarray((heatmap_on_image(prepared, cam, (h, w), pixels.shape[1]) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    return Image.fromarray(pixels).resize((w, h), Image.BILINEAR, reducing_gap=1.0)
+
+
+def render(
+    display: Image.Image,
+    decoded_cols: int,
+    prepared: Prepared,
+    cam: np.ndarray,
+    sides: list[SideVerdict],
+    banner: str | None = None,
+) -> Image.Image:
+    """The overlay on ``display`` (:func:`display_image` of a radiograph ``decoded_cols`` wide)."""
+    w, h = display.size
+    base = display.convert("RGB")
+    heat = Image.fromarray((heatmap_on_image(prepared, cam, (h, w), decoded_cols) * 255.0 + 0.5).astype(np.uint8), mode="L")
     # the heatmap is blended in with an opacity that grows with its value (cold = transparent);
     # colouring and opacity are lookup tables applied by Pillow
     colours = heat.convert("P")
     colours.putpalette(JET.tobytes())
     image = Image.composite(colours.convert("RGB"), base, heat.point(ALPHA_TABLE))
     draw = ImageDraw.Draw(image)
-    mid = round(prepared.midline_x * w / pixels.shape[1])
+    mid = round(prepared.midline_x * w / decoded_cols)
     for y in range(0, h, 12):  # dashed midline
         draw.line([(mid, y), (mid, min(y + 6, h))], fill=WHITE, width=1)
     size = max(12, h // 28)
     font = _font(size)
-    by_side = {s["side"]: s for s in sides}
+    by_side = {s.side: s for s in sides}
     for half in prepared.halves:
-        x0, x1 = round(half.x0 * w / pixels.shape[1]), round(half.x1 * w / pixels.shape[1])
-        result = by_side[half.side]
-        verdict = "FRACTURE" if result["fracture"] else "no fracture"
-        text = f"PATIENT {half.side.upper()}: {verdict}  p={result['probability']:.2f}"
+        x0, x1 = round(half.x0 * w / decoded_cols), round(half.x1 * w / decoded_cols)
+        verdict = by_side[half.side]
+        text = f"PATIENT {half.side.upper()}: {verdict.words}  p={verdict.probability:.2f}"
         marker = "R" if half.side == "right" else "L"
-        colour = RED if result["fracture"] else GREEN
+        colour = RED if verdict.fracture else GREEN
         # the side marker sits at the outer top corner of its half, as on a film
         outer_left = x0 == 0
         mx = x0 + size // 2 if outer_left else x1 - size // 2 - round(size * 1.2)
@@ -100,9 +108,4 @@ def encode(image: Image.Image, fh, fmt: str = "JPEG") -> None:
 def save_atomic(image: Image.Image, path: Path) -> None:
     """Write ``image`` to ``path`` (JPEG, or PNG for a .png name) via a temporary file, fsync and
     rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        encode(image, fh, "PNG" if path.suffix.lower() == ".png" else "JPEG")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: encode(image, fh, "PNG" if path.suffix.lower() == ".png" else "JPEG"))

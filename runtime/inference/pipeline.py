@@ -6,48 +6,21 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hipcad.runtime.backends.base import Backend
-from hipcad.runtime.model.bundle import Bundle
+from hipcad.runtime.errors import BadInputError, HipcadError
 from hipcad.runtime.imaging.decode import decode
-from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
-from hipcad.runtime.inference.overlay import MAX_SIDE, render, save_atomic
-from hipcad.runtime.inference.verdict import side_results
-from hipcad.runtime.inference.preprocess import Prepared, prepare
 from hipcad.runtime.imaging.radiograph import Radiograph
+from hipcad.runtime.inference.overlay import MAX_SIDE, display_image, render, save_atomic
+from hipcad.runtime.inference.preprocess import Prepared, prepare
+from hipcad.runtime.inference.result import Result
+from hipcad.runtime.inference.verdict import side_verdicts
+from hipcad.runtime.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Result:
-    input: str
-    ok: bool = False
-    error: str | None = None
-    sides: list[dict] = field(default_factory=list)
-    overlay: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    metadata: dict = field(default_factory=dict)  # DICOM identifiers and geometry, no patient identity
-    model: dict = field(default_factory=dict)
-    #: patient-identifying fields for display only; never serialised by to_json(), never logged
-    patient: dict = field(default_factory=dict, repr=False)
-
-    def to_json(self) -> dict:
-        return {
-            "input": self.input,
-            "ok": self.ok,
-            "error": self.error,
-            "sides": self.sides,
-            "overlay": self.overlay,
-            "timings_ms": self.timings_ms,
-            "warnings": self.warnings,
-            "metadata": self.metadata,
-            "model": self.model,
-        }
 
 
 class Pipeline:
@@ -63,6 +36,8 @@ class Pipeline:
         self.limits = limits
         self.overlay_max_side = overlay_max_side
         self.threshold = bundle.threshold
+        notice = bundle.notice
+        self.banner = notice.banner if notice else None
         self.model_info = {
             "name": bundle.name,
             "label": bundle.label,
@@ -93,7 +68,7 @@ class Pipeline:
             loaded.result.warnings.extend(loaded.prepared.notes)
             timings["preprocess"] = _ms(t)
         except Exception as err:
-            loaded.result.error = _describe(err)
+            loaded.result.fail(*_input_failure(err))
         loaded.seconds = time.perf_counter() - start
         return loaded
 
@@ -102,11 +77,7 @@ class Pipeline:
         result = loaded.result
         start = time.perf_counter()
         if result.error is None:
-            try:
-                self._infer(loaded, overlay_path)
-                result.ok = True
-            except Exception as err:
-                result.error = _describe(err)
+            self._infer(loaded, overlay_path)
         result.timings_ms["total"] = round((loaded.seconds + time.perf_counter() - start) * 1000.0, 1)
         return result
 
@@ -130,31 +101,36 @@ class Pipeline:
     def _infer(self, loaded: "Loaded", overlay_path: Path | None) -> None:
         result, radiograph, prepared = loaded.result, loaded.radiograph, loaded.prepared
         t = time.perf_counter()
-        logits, cam = self.backend.infer(prepared.batch)
+        try:
+            logits, cam = self.backend.infer(prepared.batch)
+        except BadInputError as err:
+            result.fail("input", str(err))
+            return
+        except Exception as err:  # the engine failed, not the file: the caller may take another backend
+            result.fail("backend", f"inference failed ({type(err).__name__}): {err}", err)
+            return
         result.timings_ms["inference"], t = _ms(t), time.perf_counter()
-        result.sides = side_results(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale)
-        result.metadata = {
-            **{k: v for k, v in radiograph.metadata.items() if v is not None},
-            "source_format": radiograph.source_format,
-            "rows": radiograph.original_shape[0],
-            "columns": radiograph.original_shape[1],
-            "midline_x": round(prepared.midline_x / radiograph.scale, 1),
-            "image_left_is_patient": prepared.image_left_is,
-        }
-        result.timings_ms["postprocess"], t = _ms(t), time.perf_counter()
-        if overlay_path is not None:
-            image = render(radiograph.pixels, prepared, cam, result.sides, self.banner, self.overlay_max_side)
-            save_atomic(image, Path(overlay_path))
-            result.overlay = str(overlay_path)
-            result.timings_ms["overlay"] = _ms(t)
-
-    @property
-    def banner(self) -> str | None:
-        if not self.bundle.trained:
-            return "UNTRAINED MODEL (random weights) - output is meaningless - NOT FOR CLINICAL USE"
-        if self.bundle.synthetic_demo:
-            return "SYNTHETIC DEMO MODEL (trained on phantoms) - NOT FOR CLINICAL USE"
-        return None
+        try:
+            result.sides = side_verdicts(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale)
+            result.metadata = {
+                **{k: v for k, v in radiograph.metadata.items() if v is not None},
+                "source_format": radiograph.source_format,
+                "rows": radiograph.original_shape[0],
+                "columns": radiograph.original_shape[1],
+                "midline_x": round(prepared.midline_x / radiograph.scale, 1),
+                "image_left_is_patient": prepared.image_left_is,
+            }
+            result.timings_ms["postprocess"], t = _ms(t), time.perf_counter()
+            if overlay_path is not None:
+                result.display = display_image(radiograph.pixels, self.overlay_max_side)
+                image = render(result.display, radiograph.pixels.shape[1], prepared, cam, result.sides, self.banner)
+                save_atomic(image, Path(overlay_path))
+                result.overlay = str(overlay_path)
+                result.timings_ms["overlay"] = _ms(t)
+        except Exception as err:
+            result.fail(*_input_failure(err))
+            return
+        result.ok = True
 
 
 def min_decode_side(input_hw: tuple[int, int], overlay_max_side: int = MAX_SIDE) -> int:
@@ -171,12 +147,13 @@ class Loaded:
     seconds: float = 0.0
 
 
-def _describe(err: Exception) -> str:
-    """The user-facing message: a HipcadError's own words; anything else is a bug, said without a traceback."""
+def _input_failure(err: Exception) -> tuple[str, str]:
+    """(error kind, user-facing message): a HipcadError's own words; anything else is a bug, said
+    without a traceback."""
     if isinstance(err, HipcadError):
-        return str(err)
+        return "input", str(err)
     log.debug("internal error", exc_info=err)
-    return f"internal error ({type(err).__name__}): {err}"
+    return "internal", f"internal error ({type(err).__name__}): {err}"
 
 
 def _ms(since: float) -> float:

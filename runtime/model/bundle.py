@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from hipcad.runtime.errors import BundleError
+from hipcad.runtime.model.notice import SafetyNotice, safety_notice
 
 MANIFEST = "manifest.json"
 FORMAT = "hipcad-bundle/1"
@@ -43,33 +44,6 @@ def staged_bundle(out: Path):
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-
-
-def atomic_write(path: Path, data) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a part.
-
-    A temporary file in the same directory is written and fsync'ed, then renamed over ``path`` with
-    ``os.replace`` (atomic on POSIX when both names are on one filesystem, per the ``os.replace``
-    docs); the directory is fsync'ed so that the rename survives a power cut. On any failure the
-    temporary file is removed and ``path`` is left as it was.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; bundle files are not secrets; the service user reads them
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Bundle:
@@ -122,11 +96,13 @@ class Bundle:
     @property
     def label(self) -> str:
         """The one-line description shown wherever the model is named."""
-        if not self.trained:
-            return f"{self.name} (UNTRAINED random weights - output is meaningless, not for clinical use)"
-        if self.synthetic_demo:
-            return f"{self.name} (SYNTHETIC DEMO trained on phantoms - not for clinical use)"
-        return self.name
+        notice = self.notice
+        return notice.label(self.name) if notice else self.name
+
+    @property
+    def notice(self) -> SafetyNotice | None:
+        """The safety notice its output carries (untrained or synthetic demo), else None."""
+        return safety_notice(self.trained, self.synthetic_demo)
 
     # -- decision -----------------------------------------------------------------------
     @property

@@ -53,7 +53,7 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
-def bench_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
     from hipcad.runtime.tools.bench_inputs import make_inputs
     from hipcad.runtime.model.bundle import load_bundle

@@ -60,7 +60,7 @@ def torch_cuda_graph_latency(backend, batch: np.ndarray, iterations: int) -> dic
     return _time(step, iterations, torch.cuda.synchronize)
 
 
-def gpu_check_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import backend_class, open_backend
     from hipcad.runtime.model.bundle import load_bundle
 

@@ -26,7 +26,7 @@ def gather_inputs(bundle, files: list[str], count: int) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def parity_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
     from hipcad.runtime.model.bundle import load_bundle
 

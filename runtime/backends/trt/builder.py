@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from hipcad.runtime.backends.trt import plan_cache as engine_cache
 from hipcad.runtime.backends.trt.plan_cache import PRECISIONS, GpuInfo
+from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import EngineBuildError
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def build_engine(bundle: "Bundle", precision: str | None = "fp16", max_batch: in
         raise EngineBuildError(f"TensorRT could not build a plan for {bundle.onnx_path} (see its messages above)")
     seconds = time.monotonic() - start
     timing_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_cache.atomic_write(timing_path, memoryview(config.get_timing_cache().serialize()))
+    atomic_write(timing_path, memoryview(config.get_timing_cache().serialize()))
     path = engine_cache.write_plan(bundle, key, plan, trt_version=trt.__version__, cache_dir=cache_dir,
                                    extra={"build_seconds": round(seconds, 1), "fp32_layers": pinned})
     say(f"TensorRT plan written to {path} ({seconds:.0f} s)")
@@ -256,54 +257,3 @@ def _progress_monitor(trt):
 
 def _stderr(message: str) -> None:
     print(f"[hipcad tensorrt] {message}", file=sys.stderr, flush=True)
-
-
-def build_engine_main(argv: list[str] | None = None) -> int:
-    """``hipcad build-engine``: build (or confirm) the cached TensorRT plan for a bundle."""
-    import argparse
-    import json
-
-    from hipcad.runtime.model.bundle import load_bundle
-    from hipcad.runtime.errors import HipcadError
-
-    parser = argparse.ArgumentParser(
-        prog="hipcad build-engine",
-        description="Build the TensorRT plan for a bundle on this GPU and cache it, keyed by the ONNX hash, GPU name, "
-        "compute capability, TensorRT version and precision. A valid cached plan is reused unless --force. "
-        "Exit status 0 when a valid plan is in the cache, 1 when the build failed, 2 when TensorRT cannot run here.",
-    )
-    parser.add_argument("bundle", nargs="?", help="model bundle folder (default: the bundled demo model)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="FP16 (default on TensorRT 10), CAM kept in FP32")
-    group.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="FP32 plan")
-    parser.add_argument("--max-batch", type=int, default=2, metavar="N", help="largest batch the plan accepts (default 2)")
-    parser.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE_MB, metavar="MB", help="builder workspace limit")
-    parser.add_argument("--version-compatible", action="store_true", help="plan that later TensorRT 10.x runtimes can load")
-    parser.add_argument("--cache-dir", help="where plans are cached (default: BUNDLE/engines)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when a valid plan is cached")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    try:
-        bundle = load_bundle(args.bundle)
-        trt = import_tensorrt()
-        try:
-            gpu = query_gpu()
-        except Exception as err:  # pycuda missing, no driver, no device
-            raise EngineBuildError(f"no usable CUDA GPU: {err}") from err
-        precision = resolve_precision(args.precision, trt)
-        options = {"max_batch": args.max_batch, "version_compatible": args.version_compatible}
-        plan = None if args.force else engine_cache.lookup(bundle, gpu, trt.__version__, precision,
-                                                           cache_dir=args.cache_dir, **options)
-        built = plan is None
-        if built:
-            plan = build_engine(bundle, precision, workspace_mb=args.workspace, cache_dir=args.cache_dir, gpu=gpu, **options)
-    except EngineBuildError as err:
-        print(f"hipcad build-engine: {err}", file=sys.stderr)
-        return 2 if "not installed" in str(err) or "no usable CUDA GPU" in str(err) else 1
-    except HipcadError as err:
-        print(f"hipcad build-engine: {err}", file=sys.stderr)
-        return 1
-    report = {"plan": str(plan), "built": built, "precision": precision, "gpu": gpu.name,
-              "compute_capability": list(gpu.compute_capability), "tensorrt": trt.__version__}
-    print(json.dumps(report) if args.json else f"{'built' if built else 'cached, valid'}: {plan} ({precision}, {gpu.name}, TensorRT {trt.__version__})")
-    return 0

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hipcad.runtime.model.bundle import atomic_write  # noqa: F401 - also used as engine_cache.atomic_write
+from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
