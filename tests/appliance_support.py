@@ -107,7 +107,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "hipcad.appliance.worker.service", "--config", str(self.config)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "hipcad.appliance.worker", "--config", str(self.config)],
                                          stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
 
@@ -181,7 +181,7 @@ def kiosk_server(config):
     """The kiosk app served by waitress on a free loopback port, in a thread of this process."""
     from waitress import create_server
 
-    from hipcad.appliance.kiosk.app import create_app
+    from hipcad.appliance.kiosk import create_app
 
     app = create_app(config)
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
@@ -212,7 +212,7 @@ def demo_process(tmp_path: Path, bundle: Path, count: int):
 def kiosk_client(config_path: Path):
     """A Flask test client of the kiosk for a config file (environment ignored)."""
     from hipcad.appliance.config import load_config
-    from hipcad.appliance.kiosk.app import create_app
+    from hipcad.appliance.kiosk import create_app
 
     return create_app(load_config(config_path, environ={})).test_client()
 

@@ -16,7 +16,8 @@ from werkzeug.security import generate_password_hash
 from hipcad.runtime.model.notice import UNTRAINED as UNTRAINED_NOTICE
 from hipcad.appliance.config import Config, ConfigError
 from hipcad.appliance.storage.files import DataDir
-from hipcad.appliance.kiosk.app import create_app, main
+from hipcad.appliance.kiosk import create_app
+from hipcad.appliance.kiosk.cli import main
 from hipcad.appliance.storage.store import Store
 
 PASSWORD = "correct horse battery"
@@ -86,7 +87,7 @@ def test_authentication_required_off_loopback(tmp_path):
 
 
 def test_hash_password_command():
-    proc = subprocess.run([sys.executable, "-m", "hipcad.appliance.kiosk.app", "--hash-password"], input=PASSWORD + "\n",
+    proc = subprocess.run([sys.executable, "-m", "hipcad.appliance.kiosk", "--hash-password"], input=PASSWORD + "\n",
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     from werkzeug.security import check_password_hash

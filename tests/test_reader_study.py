@@ -305,7 +305,7 @@ def test_labels_errors(tmp_path, capsys):
 def test_kiosk_export_round_trip(tmp_path, capsys):
     """The kiosk's own writer (appliance.readfirst) -> reader-study: quoted names and None answers."""
     pytest.importorskip("hipcad.appliance.kiosk.readfirst")
-    from hipcad.appliance.kiosk import readfirst
+    from hipcad.appliance.kiosk import reader_answers as readfirst
 
     class FakeStore:
         def all_answers(self):

@@ -9,6 +9,7 @@ import random
 import socket
 import threading
 import time
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,7 +33,7 @@ HOSTILE_FILE = "<script>alert(3).dcm"  # a file name cannot hold '/'; '<' it can
 
 
 def kiosk_client(config_path: Path):
-    from hipcad.appliance.kiosk.app import create_app
+    from hipcad.appliance.kiosk import create_app
 
     return create_app(load_config(config_path, environ={})).test_client()
 
@@ -440,12 +441,12 @@ def test_watchdog_ping_only_while_observer_and_inference_thread_live(tmp_path):
     release = threading.Event()
     worker._thread = threading.Thread(target=release.wait, daemon=True)
     worker._thread.start()
-    worker.infer_beat = time.monotonic()
+    worker.reader = types.SimpleNamespace(beat=time.monotonic())
     assert worker._healthy(Observer(True))
     assert not worker._healthy(Observer(False))
-    worker.infer_beat = time.monotonic() - worker.config.watchdog_stale_s - 1  # inference thread stuck
+    worker.reader.beat = time.monotonic() - worker.config.watchdog_stale_s - 1  # inference thread stuck
     assert not worker._healthy(Observer(True))
-    worker.infer_beat = time.monotonic()
+    worker.reader.beat = time.monotonic()
     release.set()
     worker._thread.join()
     assert not worker._healthy(Observer(True))  # inference thread gone

@@ -164,15 +164,14 @@ class Forwarder:
         return built
 
     def _read_source(self, sha: str):
-        """The source header: in processed/ once the result is durable, a moment before in incoming/."""
+        """The source header: a finished item's input is in processed/ (it was moved there before
+        its row was finished)."""
         from hipcad.appliance.dicom import results as dicom_results
 
-        for path in (self.data.processed / sha, self.data.incoming / sha, self.data.processed / sha):
-            try:
-                return dicom_results.read_source(path)
-            except FileNotFoundError:
-                continue
-        raise FileNotFoundError("the source image is no longer on disk")
+        try:
+            return dicom_results.read_source(self.data.processed / sha)
+        except FileNotFoundError:
+            raise FileNotFoundError("the source image is no longer on disk") from None
 
     # -- sending -----------------------------------------------------------------------------------
     def send_due(self, store: Store) -> None:

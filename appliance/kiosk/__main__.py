@@ -2,6 +2,6 @@
 
 import sys
 
-from hipcad.appliance.kiosk.app import main
+from hipcad.appliance.kiosk.cli import main
 
 sys.exit(main())

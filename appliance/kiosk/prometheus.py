@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from flask import Blueprint, Response
+
+from hipcad.appliance.kiosk import context as ctx
 from hipcad.appliance.storage.store import Store
 
 BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -43,3 +46,11 @@ def render(store: Store, health: dict) -> str:
     lines.append(f"{name}_sum {sum(latencies):g}")
     lines.append(f"{name}_count {len(latencies)}")
     return "\n".join(lines) + "\n"
+
+
+bp = Blueprint("prometheus", __name__)
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(render(ctx.store(), ctx.health()), content_type=CONTENT_TYPE)

@@ -54,7 +54,8 @@ def session_secret(config: Config) -> bytes:
     return key
 
 
-def install(app: Flask, config: Config) -> None:
+def init_app(app: Flask, config: Config) -> None:
+    """Authentication, CSRF checks and security headers on every request of ``app``."""
     verified: set[bytes] = set()  # digests of credentials already checked (scrypt is slow on purpose)
     pepper = secrets.token_bytes(16)
 

@@ -119,6 +119,10 @@ class Store:
         with self.tx():
             return self.db.execute("UPDATE items SET status = 'queued' WHERE status = 'processing'").rowcount
 
+    def queued(self) -> list[sqlite3.Row]:
+        """Items waiting to be read, oldest first."""
+        return self.db.execute("SELECT id, sha256 FROM items WHERE status = 'queued' ORDER BY id").fetchall()
+
     def claim_next(self) -> sqlite3.Row | None:
         """The oldest queued item, marked ``processing`` with one more attempt (durably, before it
         is read, so a file that kills the worker is recognised when it comes round again)."""

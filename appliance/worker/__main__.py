@@ -2,6 +2,6 @@
 
 import sys
 
-from hipcad.appliance.worker.service import main
+from hipcad.appliance.worker.cli import main
 
 sys.exit(main())

@@ -135,10 +135,18 @@ def reconcile(store: Store, data: DataDir) -> None:
     # names of files now queued, or of files a crash left in the hot folder (they come in again)
     for received in data.incoming.glob("*.name"):
         remove_quietly(received)
-    for row in store.db.execute("SELECT id, sha256 FROM items WHERE status = 'queued'").fetchall():
-        if not data.spool(row["sha256"]).exists():
-            log.error("item %d: its spooled input is missing; marked failed", row["id"])
-            store.finish(row["id"], "failed", error="the spooled input file is missing (deleted outside hipcad?)")
+    for row in store.queued():
+        sha = row["sha256"]
+        if data.spool(sha).exists():
+            continue
+        # the reader moves an input out of the spool just before it finishes the row: a stop in
+        # between leaves the row queued (recovered above) and the input already moved; read it again
+        moved = next((p for p in (data.processed / sha, data.quarantine / sha) if p.exists()), None)
+        if moved is not None:
+            move_durable(moved, data.spool(sha))
+            continue
+        log.error("item %d: its spooled input is missing; marked failed", row["id"])
+        store.finish(row["id"], "failed", error="the spooled input file is missing (deleted outside hipcad?)")
 
 
 def write_reason(data: DataDir, sha: str, name: str, reason: str) -> None:
