@@ -11,9 +11,10 @@ import dataclasses
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from hipcad.runtime.errors import HipcadError
 

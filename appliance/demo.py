@@ -17,10 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hipcad.runtime.model.bundle import load_bundle
-from hipcad.runtime.errors import HipcadError
-
 from hipcad.appliance.config import ConfigError, parse_destination
+from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.model.bundle import load_bundle
 
 
 def free_port() -> int:

@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hipcad.runtime.errors import HipcadError
-
 from hipcad.export.fused import FusedCAMModel, PoolLinearCAM, TimmFeatures
 from hipcad.export.heads import FastaiHeadCAM, fastai_head
+from hipcad.runtime.errors import HipcadError
 
 NUM_CLASSES = 2
 

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from hipcad.runtime.model.bundle import sha256_file
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.model.bundle import sha256_file
 
 DEFAULT_SIZES = {"efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260, "efficientnet_b3": 300,
                  "efficientnet_b4": 380, "efficientnet_b5": 456}

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hipcad.runtime.model.bundle import FORMAT, MANIFEST, sha256_file, staged_bundle
-from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.model.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
-
 from hipcad.export.fused import FRACTURE_CLASS, IMAGENET_MEAN, IMAGENET_STD, FusedCAMModel
+from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.model.bundle import FORMAT, MANIFEST, sha256_file, staged_bundle
+from hipcad.runtime.model.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
 
 OPSET = 18
 TORCH_FILE = "model.pt2"

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnx  # at the top: `hipcad quantize` without it names the extra to install
 
-from hipcad.runtime.model.bundle import MANIFEST, load_bundle, sha256_file, staged_bundle
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.model.bundle import MANIFEST, load_bundle, sha256_file, staged_bundle
 from hipcad.runtime.model.selftest import SELFTEST_FILE, reference_inputs
 
 #: an INT8 bundle passes when, against its FP32 source on the same labelled radiographs:
@@ -36,10 +36,10 @@ QUANTISED_OPS = ["Conv", "Mul", "Add", "Sigmoid", "ReduceMean"]
 
 def calibration_batches(bundle, inputs: list[str], count: int) -> tuple[list[np.ndarray], list[str]]:
     """Up to ``count`` preprocessed batches ([2, 1, H, W] uint8), decoded and split as at run time."""
-    from hipcad.runtime.predict import expand_inputs
     from hipcad.runtime.imaging.decode import decode
     from hipcad.runtime.inference.pipeline import min_decode_side
     from hipcad.runtime.inference.preprocess import prepare
+    from hipcad.runtime.predict import expand_inputs
 
     batches, skipped = [], []
     for path in expand_inputs(inputs):

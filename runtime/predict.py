@@ -9,8 +9,8 @@ import re
 import sys
 from pathlib import Path
 
-from hipcad.runtime.logs import command_logging
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.logs import command_logging
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -44,9 +44,9 @@ def safe_stem(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
-    from hipcad.runtime.model.bundle import load_bundle
     from hipcad.runtime.inference.overlay import OVERLAY_SUFFIX
     from hipcad.runtime.inference.pipeline import Pipeline
+    from hipcad.runtime.model.bundle import load_bundle
 
     parser = argparse.ArgumentParser(
         prog="hipcad predict",

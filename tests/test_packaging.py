@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tomllib
 
-from .conftest import REPO
+from tests.helpers import REPO
 
 TOPS = ("export", "runtime", "appliance")
 

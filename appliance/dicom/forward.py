@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-from io import BytesIO
 import threading
 import time
 from dataclasses import dataclass
+from io import BytesIO
 
 from hipcad.appliance.config import Config, parse_destination
 from hipcad.appliance.storage.files import DataDir
-from hipcad.runtime.durable import atomic_write
 from hipcad.appliance.storage.store import Store
+from hipcad.runtime.durable import atomic_write
 
 log = logging.getLogger("hipcad.forward")
 

@@ -27,14 +27,14 @@ import threading
 import time
 import uuid
 
-from hipcad.runtime.imaging import transfer_syntaxes
-
 from hipcad.appliance.config import Config
 from hipcad.appliance.dicom.results import MANUFACTURER
 from hipcad.appliance.storage.files import DataDir, remove_quietly
-from hipcad.runtime.durable import TMP_PREFIX
-from hipcad.appliance.worker.intake import admit, free_mb
 from hipcad.appliance.storage.store import Store
+from hipcad.appliance.worker.intake import admit, free_mb
+from hipcad.runtime.durable import TMP_PREFIX
+from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.imaging import transfer_syntaxes
 
 log = logging.getLogger("hipcad.dicom")
 
@@ -99,7 +99,7 @@ def _truncated(ds) -> bool:
     return False
 
 
-class DiskFull(Exception):
+class DiskFull(HipcadError):
     pass
 
 

@@ -9,9 +9,9 @@ import io
 import json
 from datetime import datetime
 
+from hipcad.appliance.storage.store import Store
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.inference.sides import SIDES
-from hipcad.appliance.storage.store import Store
 
 CSV_HEADER = ("reader", "study_id", "file", "side", "truth", "before", "after", "before_at", "after_at")
 MAX_READER = 80

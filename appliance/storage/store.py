@@ -12,6 +12,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from hipcad.runtime.errors import HipcadError
+
 SCHEMA_VERSION = 2  # 2: outbox and deliveries (results to PACS)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -69,7 +71,7 @@ CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, destination
 FINISHED = ("done", "failed")
 
 
-class Duplicate(Exception):
+class Duplicate(HipcadError):
     """This content or SOP Instance UID is already in the store."""
 
 

@@ -17,11 +17,11 @@ import threading
 import time
 from pathlib import Path
 
-from hipcad.runtime.imaging.decode import sniff
-
 from hipcad.appliance.storage.files import SHA256_RE, DataDir, remove_quietly, sha256_of
-from hipcad.runtime.durable import atomic_write, move_durable
 from hipcad.appliance.storage.store import Duplicate, Store
+from hipcad.runtime.durable import atomic_write, move_durable
+from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.imaging.decode import sniff
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def admit(path: Path, sha: str, size: int, sop_uid: str | None, name: str, store
     return item_id
 
 
-class FileChangedError(Exception):
+class FileChangedError(HipcadError):
     """A candidate changed while it was hashed: it is not complete yet."""
 
 

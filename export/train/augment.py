@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def box_masks(boxes: np.ndarray, input_hw: tuple[int, int]) -> torch.Tensor:
     """float [M, 1, H, W]: 1 inside each fracture box, 0 elsewhere (all 0 where the box is NaN)."""
     h, w = input_hw

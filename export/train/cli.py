@@ -17,10 +17,9 @@ import argparse
 import os
 import sys
 
-
+from hipcad.export.train.loop import train
 from hipcad.runtime.errors import HipcadError
 
-from hipcad.export.train.loop import train
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[2:] if argv is None else argv)

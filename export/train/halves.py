@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hipcad.runtime.evaluation.dataset import ImageRecord
-from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.inference.pipeline import min_decode_side
+from hipcad.runtime.evaluation.dataset import ImageRecord
+from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.inference.midline import find_midline
+from hipcad.runtime.inference.pipeline import min_decode_side
 from hipcad.runtime.inference.preprocess import resize_gray
 from hipcad.runtime.inference.sides import SIDES, half_spans, image_left_side
-
 
 MARGIN_PX = 50  # the paper's margin between the dividing line and the fracture box, stored pixels
 

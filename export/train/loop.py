@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hipcad.runtime.evaluation.dataset import Dataset, load_dataset, split_by_patient
-from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.model.notice import SYNTHETIC_DEMO
-from hipcad.runtime.evaluation.stats import binary_metrics
-
 from hipcad.export.checkpoint import create_timm, read_state_dict
 from hipcad.export.fused import FusedCAMModel, TimmFeatures, fuse_timm
 from hipcad.export.heads import FastaiHeadCAM, fastai_head
 from hipcad.export.train.augment import augment, box_masks
 from hipcad.export.train.halves import MARGIN_PX, cached_halves
 from hipcad.export.train.model import Classifier, _cell_targets, _feature_hw, _negatives_per_positive, predict_probs
+from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.evaluation.dataset import Dataset, load_dataset, split_by_patient
+from hipcad.runtime.evaluation.stats import binary_metrics
+from hipcad.runtime.model.notice import SYNTHETIC_DEMO
+
 
 def train(args) -> int:
     from tqdm import tqdm

@@ -3,15 +3,14 @@ not exported), and what training needs to know about its feature maps."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from hipcad.export.fused import GrayToNormalized
 from hipcad.export.train.augment import box_masks
+
 
 class Classifier(nn.Module):
     """uint8-range floats -> logits, with the same normalisation the exported graph applies."""

@@ -1,68 +1,7 @@
-"""Inference backends, imported lazily by name so a CPU-only box never touches tensorrt or pycuda."""
+"""Inference backends (:mod:`.base` the interface, :mod:`.registry` by name; :mod:`.onnxrt`,
+:mod:`.pyt`, :mod:`.trt`)."""
 
-from __future__ import annotations
-
-import importlib
-import logging
-
-from hipcad.runtime.errors import BackendUnavailableError, HipcadError
 from hipcad.runtime.backends.base import Backend
+from hipcad.runtime.backends.registry import AUTO_ORDER, BACKENDS, CHOICES, availability, backend_class, open_backend
 
-log = logging.getLogger(__name__)
-
-BACKENDS = {
-    "tensorrt": "hipcad.runtime.backends.trt.runner:TensorRTBackend",
-    "onnxruntime": "hipcad.runtime.backends.onnxrt:OnnxRuntimeBackend",
-    "torch": "hipcad.runtime.backends.pyt:TorchBackend",
-}
-# --backend auto: the fastest first
-AUTO_ORDER = ("tensorrt", "onnxruntime")
-CHOICES = ("auto", *BACKENDS)
-
-
-def backend_class(name: str) -> type[Backend]:
-    try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise BackendUnavailableError(f"unknown backend {name!r}; choose from {', '.join(CHOICES)}") from None
-    module_name, _, class_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def availability() -> dict[str, tuple[bool, str]]:
-    return {name: backend_class(name).availability() for name in BACKENDS}
-
-
-def open_backend(name: str, bundle, selftest: bool = True, **options) -> Backend:
-    """An activated (and self-tested) backend. ``auto`` takes the first in AUTO_ORDER that loads.
-
-    The backend's ``fallback_reason`` says why earlier choices were skipped (for the log, the
-    kiosk banner and /api/health).
-    """
-    names = AUTO_ORDER if name == "auto" else (name,)
-    reasons = []
-    for candidate in names:
-        cls = backend_class(candidate)
-        ok, why = cls.availability()
-        if not ok:
-            if name != "auto":
-                cls.require_available()  # raises, naming the backend and what to install
-            reasons.append(f"{candidate}: {why}")
-            continue
-        backend = cls(bundle, **options)
-        try:
-            backend.activate()
-            if selftest:
-                from hipcad.runtime.model.selftest import run_selftest
-
-                backend.selftest = run_selftest(backend)
-        except HipcadError as err:
-            backend.deactivate()
-            if name != "auto":
-                raise
-            reasons.append(f"{candidate}: {err}")
-            log.warning("backend %s not used: %s", candidate, err)
-            continue
-        backend.fallback_reason = "; ".join(reasons) or None
-        return backend
-    raise BackendUnavailableError("no inference backend could be loaded: " + "; ".join(reasons))
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "Backend", "availability", "backend_class", "open_backend"]

@@ -5,7 +5,7 @@ A backend takes a batch of 8-bit grayscale half-images ``uint8 [N, 1, H, W]`` an
 bundle's ONNX graph contract). Subclasses implement only the ``*_impl`` methods; callers use
 ``activate`` / ``infer`` / ``deactivate`` or the context-manager form::
 
-    with get_backend("onnxruntime", bundle) as backend:
+    with open_backend("onnxruntime", bundle) as backend:
         logits, cam = backend.infer(batch)
 """
 

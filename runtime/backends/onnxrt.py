@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from hipcad.runtime.errors import BackendUnavailableError
 from hipcad.runtime.backends.base import Backend
+from hipcad.runtime.errors import BackendUnavailableError
 
 PROVIDER_CHOICES = {
     "cpu": ["CPUExecutionProvider"],

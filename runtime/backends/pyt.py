@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hipcad.runtime.model.bundle import sha256_file
-from hipcad.runtime.errors import BackendUnavailableError, BundleError
 from hipcad.runtime.backends.base import Backend
+from hipcad.runtime.errors import BackendUnavailableError, BundleError
+from hipcad.runtime.model.bundle import sha256_file
 
 
 class TorchBackend(Backend):

@@ -64,8 +64,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from hipcad.runtime.durable import atomic_write
-from hipcad.runtime.evaluation.box import Box
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.evaluation.box import Box
 from hipcad.runtime.inference.sides import SIDES, image_left_side
 
 __all__ = [

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from hipcad.runtime.durable import atomic_write
-from hipcad.runtime.model.bundle import MANIFEST
-from hipcad.runtime.evaluation.dataset import Box, load_dataset
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.evaluation.dataset import Box, load_dataset
 from hipcad.runtime.evaluation.roc_plot import render_roc_png
 from hipcad.runtime.evaluation.stats import binary_metrics, roc_curve, threshold_for_sensitivity, threshold_for_specificity
+from hipcad.runtime.model.bundle import MANIFEST
 
 
 def localisation(rows: list[dict]) -> dict:
@@ -94,8 +94,8 @@ def write_operating_points(bundle, y, p, target_sens: float, target_spec: float,
 
 def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
-    from hipcad.runtime.model.bundle import load_bundle
     from hipcad.runtime.inference.pipeline import Pipeline
+    from hipcad.runtime.model.bundle import load_bundle
 
     parser = argparse.ArgumentParser(prog="hipcad evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", help="dataset folder (labels.csv [+ regions.csv] + images)")

@@ -39,8 +39,8 @@ import numpy as np
 
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.evaluation.paired_tests import fisher_exact, wilcoxon_signed_rank
-from hipcad.runtime.inference.sides import SIDES
 from hipcad.runtime.evaluation.stats import CI_METHODS, confusion_counts, rates_from_confusion
+from hipcad.runtime.inference.sides import SIDES
 
 __all__ = [
     "RESPONSE_FIELDS",

@@ -6,7 +6,6 @@ See :mod:`hipcad.runtime.imaging.dicom` for the scaling rules and the lookup-tab
 
 from __future__ import annotations
 
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -14,12 +14,11 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from hipcad.runtime.imaging import transfer_syntaxes
 from hipcad.runtime.errors import BadInputError, CodecUnavailableError, HipcadError, InputTooLargeError
-from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
-
+from hipcad.runtime.imaging import transfer_syntaxes
 from hipcad.runtime.imaging.dicom_display import GRAY
 from hipcad.runtime.imaging.jpeg2000 import decode_j2k_reduced
+from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.quiet import safe_reason
 
 # Element values larger than this are read from the file only when used (the pixel data).

@@ -16,7 +16,6 @@ from typing import Iterator
 
 import numpy as np
 
-
 _state = threading.local()
 # Loggers of pydicom and the codec plugins (filters on a logger do not see its children).
 _QUIET_LOGGERS = (

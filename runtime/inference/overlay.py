@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.inference.heatmap import heatmap_on_image
-from hipcad.runtime.inference.verdict import SideVerdict
 from hipcad.runtime.inference.preprocess import Prepared
+from hipcad.runtime.inference.verdict import SideVerdict
 
 MAX_SIDE = 1024
 OVERLAY_SUFFIX = ".jpg"

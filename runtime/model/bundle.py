@@ -1,4 +1,5 @@
-"""Model bundles: a folder with ``manifest.json`` and ``model.onnx`` (DESIGN.md, fixed interface)."""
+"""Model bundles: a folder with ``manifest.json`` and ``model.onnx`` (the fixed interface of the
+project's design notes: the manifest says what the model is, how it was made and how far to trust it)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hipcad.runtime.model.notice import SafetyNotice, safety_notice
 
 MANIFEST = "manifest.json"
 FORMAT = "hipcad-bundle/1"
-# The demo bundle shipped inside the package (issue 3); None of its weights are clinical.
+# The demo bundle shipped inside the package (trained on synthetic phantoms: none of its weights are clinical).
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "demo"
 
 

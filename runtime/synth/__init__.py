@@ -51,7 +51,12 @@ Command line: ``hipcad synth --out DIR --count N [--seed S] [--size WxH]
 from hipcad.runtime.synth.cases import CaseSpec, FractureSpec, sample_case
 from hipcad.runtime.synth.cli import build_parser, generate, main
 from hipcad.runtime.synth.formats import (
-    DEFAULT_FORMAT_WEIGHTS, DICOM_FORMATS, FORMATS, FRACTURE_KINDS, SYNTHETIC_NOTE, parse_formats,
+    DEFAULT_FORMAT_WEIGHTS,
+    DICOM_FORMATS,
+    FORMATS,
+    FRACTURE_KINDS,
+    SYNTHETIC_NOTE,
+    parse_formats,
 )
 from hipcad.runtime.synth.render import Phantom, make_phantom, render
 from hipcad.runtime.synth.writer import patient_id, save_preview, write_phantom

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hipcad.runtime.synth.formats import FRACTURE_KINDS, _ASPECTS, parse_formats
+from hipcad.runtime.synth.formats import _ASPECTS, FRACTURE_KINDS, parse_formats
+
 
 @dataclass
 class FractureSpec:

@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-
 from hipcad.runtime.evaluation.dataset import ImageRecord, write_labels
 from hipcad.runtime.synth.formats import FORMATS, FRACTURE_KINDS, SYNTHETIC_NOTE, parse_formats
 from hipcad.runtime.synth.render import make_phantom
 from hipcad.runtime.synth.writer import save_preview, write_phantom
+
 
 def _make_one(job: tuple) -> tuple[ImageRecord, dict]:
     out_dir, seed, index, kwargs = job

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-
-
-
 # name -> (transfer syntax UID or None for a plain image file, file suffix)
 FORMATS: dict[str, tuple[str | None, str]] = {
     "dcm-explicit": ("1.2.840.10008.1.2.1", ".dcm"),  # Explicit VR Little Endian

@@ -9,7 +9,23 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from hipcad.runtime.evaluation.dataset import Box
-from hipcad.runtime.synth.anatomy import _Frame, _SIDE_SIGN, _add_gas, _bandpass_texture, _femur_att, _femur_box_uv, _fracture_line, _fragment_transform, _innominate_att, _midline_att, _proximal_mask, _region_box_uv, _shapes, _soft_att, _wiggle
+from hipcad.runtime.synth.anatomy import (
+    _SIDE_SIGN,
+    _add_gas,
+    _bandpass_texture,
+    _femur_att,
+    _femur_box_uv,
+    _fracture_line,
+    _fragment_transform,
+    _Frame,
+    _innominate_att,
+    _midline_att,
+    _proximal_mask,
+    _region_box_uv,
+    _shapes,
+    _soft_att,
+    _wiggle,
+)
 from hipcad.runtime.synth.cases import CaseSpec, FractureSpec, _rngs, sample_case
 from hipcad.runtime.synth.formats import _LOW_RES_WIDTH, _LUT_SIZE
 from hipcad.runtime.synth.geometry import _band, _rot, _smoothstep

@@ -55,9 +55,9 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
-    from hipcad.runtime.tools.bench_inputs import make_inputs
-    from hipcad.runtime.model.bundle import load_bundle
     from hipcad.runtime.inference.pipeline import Pipeline
+    from hipcad.runtime.model.bundle import load_bundle
+    from hipcad.runtime.tools.bench_inputs import make_inputs
 
     parser = argparse.ArgumentParser(prog="hipcad bench", description=__doc__)
     parser.add_argument("--model", metavar="BUNDLE", help="model bundle (default: the bundled demo model)")

@@ -8,7 +8,11 @@ import sys
 
 from hipcad.runtime.backends.trt import plan_cache as engine_cache
 from hipcad.runtime.backends.trt.builder import (
-    DEFAULT_WORKSPACE_MB, build_engine, import_tensorrt, query_gpu, resolve_precision,
+    DEFAULT_WORKSPACE_MB,
+    build_engine,
+    import_tensorrt,
+    query_gpu,
+    resolve_precision,
 )
 from hipcad.runtime.errors import EngineBuildError, HipcadError
 from hipcad.runtime.model.bundle import load_bundle

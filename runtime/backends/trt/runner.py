@@ -10,7 +10,7 @@ Flask-on-Jetson report in NVIDIA/TensorRT issue #475 - and a thread that ends wi
 still pushed aborts the process ("PyCUDA ERROR: The context stack was not empty upon module
 cleanup", NVIDIA/TensorRT issue #1107; the check is in pycuda src/cpp/cuda.hpp). TensorRT's execution
 context is not safe for concurrent use either. So the Flask threads never touch pycuda or TensorRT:
-one dedicated worker thread (:class:`_CudaThread`) retains and pushes the GPU's primary context,
+one dedicated worker thread (:class:`CudaThread`) retains and pushes the GPU's primary context,
 makes every pycuda/TensorRT call - deserialising, allocating, copying, executing, freeing - and pops
 the context before it ends. Other threads hand it jobs through a queue and wait for the results, so
 concurrent requests are served one at a time. (availability() only calls pycuda's ``init`` and
@@ -21,23 +21,18 @@ Register as ``"tensorrt": "hipcad.runtime.backends.trt.runner:TensorRTBackend"``
 
 from __future__ import annotations
 
-import atexit
-import queue
-import threading
-import traceback
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hipcad.runtime.backends.base import Backend
 from hipcad.runtime.backends.trt import builder as engine_build
-
 from hipcad.runtime.backends.trt import plan_cache as engine_cache
 from hipcad.runtime.backends.trt.builder import DEFAULT_WORKSPACE_MB, INPUT, OUTPUTS, PYCUDA_MISSING, TENSORRT_MISSING
+from hipcad.runtime.backends.trt.cuda_thread import CudaThread
 from hipcad.runtime.errors import BackendUnavailableError, HipcadError
-from hipcad.runtime.backends.base import Backend
 
 if TYPE_CHECKING:
     from hipcad.runtime.model.bundle import Bundle
@@ -60,7 +55,7 @@ class TensorRTBackend(Backend):
         self.device_index = device_index
         self.workspace_mb = workspace_mb
         self.plan_path: Path | None = None
-        self._cuda: _CudaThread | None = None
+        self._cuda: CudaThread | None = None
         self._session: _Session | None = None  # created, used and released on the CUDA thread only
 
     @classmethod
@@ -90,7 +85,7 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError(
                 f"bundle {self.bundle.path} is {self.bundle.precision} (made by `hipcad quantize` for "
                 "ONNX Runtime on CPUs); TensorRT builds its FP16 engine from the FP32 bundle")
-        self._cuda = _CudaThread(self.device_index, on_stop=self._release)
+        self._cuda = CudaThread(self.device_index, on_stop=self._release)
         try:
             self._cuda.run(self._load)
         except BaseException:
@@ -215,74 +210,3 @@ class _Session:
         for array in self.host.values():
             array.base.free()
         self.stream = None
-
-
-class _CudaThread:
-    """One thread that owns the GPU's CUDA context and runs every job handed to it, in order.
-
-    It retains the device's primary context - the one the CUDA runtime, hence TensorRT, uses - and
-    pushes it, since retain_primary_context does not make it current (pycuda doc/driver.rst,
-    ``Device.retain_primary_context``; the same pattern as pycuda/autoprimaryctx.py). On stop it runs
-    ``on_stop`` (free everything), then ``Context.pop`` and ``Context.detach`` (release), on itself.
-    """
-
-    def __init__(self, device_index: int, on_stop: Callable[[], None]) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._stopped = False
-        self._on_stop = on_stop
-        started: Future = Future()
-        self._thread = threading.Thread(target=self._main, args=(device_index, started),
-                                        name="hipcad-tensorrt", daemon=True)
-        self._thread.start()
-        started.result()  # re-raises a failure to set up the context
-        atexit.register(self.stop)  # pop the context even if nobody calls deactivate()
-
-    def run(self, fn: Callable, *args):
-        """Run ``fn(*args)`` on the CUDA thread; return its result or raise its exception."""
-        done: Future = Future()
-        with self._lock:
-            if self._stopped:
-                raise HipcadError("the TensorRT backend has been deactivated")
-            self._jobs.put((fn, args, done))
-        return done.result()
-
-    def stop(self) -> None:
-        """Finish the queued jobs, free and pop on the CUDA thread, wait for it to end."""
-        atexit.unregister(self.stop)
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            self._jobs.put(None)
-        self._thread.join()
-
-    def _main(self, device_index: int, started: Future) -> None:
-        try:
-            import pycuda.driver as cuda
-
-            cuda.init()
-            context = cuda.Device(device_index).retain_primary_context()
-            context.push()
-        except BaseException as err:
-            with self._lock:
-                self._stopped = True
-            started.set_exception(err)
-            return
-        started.set_result(None)
-        try:
-            while (job := self._jobs.get()) is not None:
-                fn, args, done = job
-                try:
-                    done.set_result(fn(*args))
-                except BaseException as err:
-                    # drop the failed job's locals (an engine, device buffers) here, while the context is
-                    # current, rather than wherever the caller's traceback is finally collected
-                    traceback.clear_frames(err.__traceback__)
-                    done.set_exception(err)
-        finally:
-            try:
-                self._on_stop()
-            finally:
-                cuda.Context.pop()
-                context.detach()

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from hipcad.runtime.model.selftest import reference_inputs
-
-from .conftest import calibrate_batchnorm, run_cli
+from tests.helpers import calibrate_batchnorm, run_cli
 
 pytestmark = pytest.mark.heavy
 

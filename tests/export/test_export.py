@@ -10,8 +10,7 @@ import torch
 
 from hipcad.runtime.model.bundle import Bundle, sha256_file
 from hipcad.runtime.model.selftest import reference_inputs
-
-from .conftest import run_cli, trained_like_b4_state_dict
+from tests.helpers import run_cli, trained_like_b4_state_dict
 
 pytestmark = pytest.mark.heavy
 

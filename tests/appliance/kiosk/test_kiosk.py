@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 from werkzeug.security import generate_password_hash
 
-from hipcad.runtime.model.notice import UNTRAINED as UNTRAINED_NOTICE
 from hipcad.appliance.config import Config, ConfigError
-from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.kiosk import create_app
 from hipcad.appliance.kiosk.cli import main
+from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.storage.store import Store
+from hipcad.runtime.model.notice import UNTRAINED as UNTRAINED_NOTICE
 
 PASSWORD = "correct horse battery"
 UNTRAINED = {"name": "b0", "label": "b0 (UNTRAINED random weights - output is meaningless, not for clinical use)",

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from hipcad.runtime.imaging.decode import decode
+from hipcad.runtime.imaging.radiograph import Radiograph
 from hipcad.runtime.inference.midline import find_midline
 from hipcad.runtime.inference.preprocess import prepare
 from hipcad.runtime.inference.sides import image_left_side
-from hipcad.runtime.imaging.radiograph import Radiograph
-
-from .conftest import pelvis_like, write_dicom
+from tests.helpers import pelvis_like, write_dicom
 
 
 @pytest.mark.parametrize("centre", [0.5, 0.38, 0.62])

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from hipcad.runtime.backends import BACKENDS, backend_class, open_backend
-from hipcad.runtime.model.bundle import Bundle
 from hipcad.runtime.errors import BackendUnavailableError, SelfTestError
+from hipcad.runtime.model.bundle import Bundle
 from hipcad.runtime.model.selftest import reference_inputs
-
-from .conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.mark.heavy

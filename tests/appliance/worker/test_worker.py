@@ -22,10 +22,18 @@ from hipcad.appliance.storage.store import Store
 from hipcad.appliance.worker.service import Worker
 from hipcad.runtime.backends import open_backend
 from hipcad.runtime.errors import HipcadError
-
-from .appliance_support import (  # noqa: F401 - fixtures
-    WorkerProcess, demo_process, drop, finished, radiographs, small_bundle, store_counts, wait_for, write_config,
+from tests.appliance.support import (  # noqa: F401 - fixtures
+    WorkerProcess,
+    demo_process,
+    drop,
+    finished,
+    radiographs,
+    small_bundle,
+    store_counts,
+    wait_for,
+    write_config,
 )
+from tests.helpers import REPO
 
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_UID = "../../etc/passwd"
@@ -79,7 +87,7 @@ def test_config_file_then_environment(tmp_path):
 def test_example_config_documents_every_key():
     from hipcad.appliance.config import KEYS
 
-    example = Path(__file__).resolve().parents[1] / "systemd" / "hipcad.toml.example"
+    example = REPO / "systemd" / "hipcad.toml.example"
     text = example.read_text()
     for key in KEYS:
         assert f"\n{key} =" in text or f"\n# {key} =" in text, key

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from hipcad.export.train.halves import dividing_line
-
-from .conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_dividing_line_keeps_the_papers_margin():
@@ -127,8 +126,8 @@ def test_operating_points_are_written_and_used(trained_bundle, small_dataset, tm
 
 def test_quantize_writes_an_int8_bundle_compared_with_fp32(trained_bundle, small_dataset, tmp_path):
     from hipcad.runtime.backends import open_backend
-    from hipcad.runtime.model.bundle import load_bundle
     from hipcad.runtime.errors import BackendUnavailableError
+    from hipcad.runtime.model.bundle import load_bundle
 
     out = tmp_path / "int8"
     proc = run_cli("quantize", str(trained_bundle), "--out", str(out), "--calibration", str(small_dataset),

@@ -16,9 +16,18 @@ import pytest
 from hipcad.appliance.config import ConfigError, load_config
 from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.storage.store import Store
-
-from .appliance_support import (  # noqa: F401 - fixtures
-    kiosk_client, WorkerProcess, dcmtk, demo_process, finished, free_port, need_binary, small_bundle, store_counts, wait_for, write_config,
+from tests.appliance.support import (  # noqa: F401 - fixtures
+    WorkerProcess,
+    dcmtk,
+    demo_process,
+    finished,
+    free_port,
+    kiosk_client,
+    need_binary,
+    small_bundle,
+    store_counts,
+    wait_for,
+    write_config,
 )
 
 MODALITY = "MODALITY"

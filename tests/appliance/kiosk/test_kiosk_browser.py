@@ -12,9 +12,15 @@ from pathlib import Path
 import pytest
 
 from hipcad.appliance.config import load_config
-
-from .appliance_support import (  # noqa: F401 - fixtures
-    WorkerProcess, drop, finished, kiosk_server, radiographs, small_bundle, wait_for, write_config,
+from tests.appliance.support import (  # noqa: F401 - fixtures
+    WorkerProcess,
+    drop,
+    finished,
+    kiosk_server,
+    radiographs,
+    small_bundle,
+    wait_for,
+    write_config,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -12,9 +12,17 @@ import pytest
 
 from hipcad.appliance.config import load_config
 from hipcad.appliance.storage.store import Store
-
-from .appliance_support import (  # noqa: F401 - fixtures
-    kiosk_client, Orthanc, WorkerProcess, dcmtk, finished, free_port, need_binary, small_bundle, wait_for, write_config,
+from tests.appliance.support import (  # noqa: F401 - fixtures
+    Orthanc,
+    WorkerProcess,
+    dcmtk,
+    finished,
+    free_port,
+    kiosk_client,
+    need_binary,
+    small_bundle,
+    wait_for,
+    write_config,
 )
 
 MODALITY = "MODALITY"

@@ -12,14 +12,14 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
+from pydicom import uid as UID  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
-from pydicom import uid as UID  # noqa: E402
 
+from hipcad.runtime.errors import BadInputError, CodecUnavailableError, InputTooLargeError  # noqa: E402
 from hipcad.runtime.imaging import transfer_syntaxes  # noqa: E402
 from hipcad.runtime.imaging.dicom import ROBUST_PERCENTILES, decode_dicom, read_dicom_pixels  # noqa: E402
-from hipcad.runtime.errors import BadInputError, CodecUnavailableError, InputTooLargeError  # noqa: E402
 from hipcad.runtime.imaging.limits import DecodeLimits  # noqa: E402
 from hipcad.runtime.imaging.radiograph import METADATA_KEYS, PATIENT_KEYS  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import pelvis_like, run_cli, write_dicom
+from tests.helpers import pelvis_like, run_cli, write_dicom
 
 pytestmark = pytest.mark.heavy
 

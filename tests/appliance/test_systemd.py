@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-UNITS_DIR = Path(__file__).resolve().parents[1] / "systemd"
+from tests.helpers import REPO
+
+UNITS_DIR = REPO / "systemd"
 UNITS = ("hipcad-worker.service", "hipcad-kiosk.service", "hipcad-engine.service")
 INSTALLED_BIN = "/opt/hipcad/venv/bin/"
 

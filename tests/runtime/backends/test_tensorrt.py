@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from hipcad.runtime.backends.trt import plan_cache as engine_cache
-from hipcad.runtime.backends.trt.runner import TensorRTBackend
-from hipcad.runtime.model.bundle import Bundle
 from hipcad.runtime.backends.trt.builder import PYCUDA_MISSING, TENSORRT_MISSING
 from hipcad.runtime.backends.trt.plan_cache import EngineKey, GpuInfo, PlanCacheError
+from hipcad.runtime.backends.trt.runner import TensorRTBackend
 from hipcad.runtime.errors import BackendUnavailableError
+from hipcad.runtime.model.bundle import Bundle
 
 ORIN = GpuInfo("Orin", (8, 7))
 TRT = "10.3.0"
@@ -278,7 +278,7 @@ def test_cuda_thread_owns_the_context_and_runs_every_job(monkeypatch):
     """All CUDA work - context push, jobs from any thread, release, pop - happens on one thread."""
     import threading
 
-    from hipcad.runtime.backends.trt.runner import _CudaThread
+    from hipcad.runtime.backends.trt.cuda_thread import CudaThread
     from hipcad.runtime.errors import HipcadError
 
     log = []
@@ -308,7 +308,7 @@ def test_cuda_thread_owns_the_context_and_runs_every_job(monkeypatch):
     driver = types.SimpleNamespace(init=lambda: None, Device=Device, Context=Context)
     monkeypatch.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=driver))
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    worker = _CudaThread(0, on_stop=lambda: note("release"))
+    worker = CudaThread(0, on_stop=lambda: note("release"))
     with ThreadPoolExecutor(8) as pool:
         names = set(pool.map(lambda i: worker.run(lambda: threading.current_thread().name), range(32)))
     assert names == {"hipcad-tensorrt"}

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from hipcad.runtime.evaluation import dataset as dsmod
 from hipcad.runtime import synth
+from hipcad.runtime.evaluation import dataset as dsmod
 from hipcad.runtime.evaluation.dataset import Box, DatasetError, ImageRecord, SideLabel
 
 SIZE = (600, 500)

@@ -7,8 +7,7 @@ import json
 
 from hipcad.runtime.backends import open_backend
 from hipcad.runtime.model.bundle import DEFAULT_BUNDLE, load_bundle
-
-from .conftest import pelvis_like, run_cli
+from tests.helpers import pelvis_like, run_cli
 
 
 def test_demo_bundle_is_shipped_small_and_labelled():
