@@ -62,9 +62,15 @@ def read_source(path: Path):
     return pydicom.dcmread(path, stop_before_pixels=True)
 
 
-def _verdict_text(sides: list[dict]) -> str:
-    return "; ".join(f"patient {s['side']} hip: {verdict_words(s['fracture'])} "
+def _verdict_text(record: dict) -> str:
+    sides = record.get("sides", [])
+    if record.get("eligible") is False and not sides:
+        return "NOT ASSESSED: " + "; ".join((record.get("eligibility") or {}).get("reasons", []))
+    text = "; ".join(f"patient {s['side']} hip: {verdict_words(s['fracture'])} "
                      f"(probability {s['probability']:.3f})" for s in sides)
+    if record.get("eligible") is False:
+        text = "NOT ELIGIBLE, scored for research only: " + text
+    return text
 
 
 def _copy_study(dst, src) -> None:
@@ -111,7 +117,7 @@ def build_sc(source, overlay: Path, record: dict, uids: dict):
         ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.DerivationDescription = f"hipcad Grad-CAM heatmap over the source radiograph; model {model.get('name', '?')}"[:1024]
     note = model_note(model)
-    ds.ImageComments = (f"CAD output (decision support only). {_verdict_text(record.get('sides', []))}. "
+    ds.ImageComments = (f"CAD output (decision support only). {_verdict_text(record)}. "
                         f"Model: {model.get('label', '?')}." + (f" {note}." if note else ""))[:10240]
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
@@ -145,6 +151,8 @@ def build_sr(source, record: dict, uids: dict):
     cleared = hd.sr.CodedConcept("FXNONE", "99HIPCAD", "No fracture detected")
     source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
     groups = []
+    if record.get("eligible") is False:
+        groups.append(_not_assessed_group(record, algorithm, finding, source_image))
     for side in record.get("sides", []):
         site = hd.sr.FindingSite(anatomic_location=hip, laterality=laterality[side["side"]])
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -186,6 +194,25 @@ def build_sr(source, record: dict, uids: dict):
     _copy_study(ds, source)
     ds.SeriesDescription = series_description("sr", model)
     return ds
+
+
+def _not_assessed_group(record: dict, algorithm, finding, source_image):
+    """The image was not one the model is for: a group that says so, with each reason as text."""
+    import highdicom as hd
+
+    not_assessed = hd.sr.CodedConcept("NOTASSESSED", "99HIPCAD", "Not assessed by the CAD")
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="image eligibility", uid=str(generate_uid())),
+        finding_type=not_assessed,
+        algorithm_id=algorithm,
+        source_images=[source_image],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=finding, value=not_assessed)],
+    )
+    reason = hd.sr.CodedConcept("NAREASON", "99HIPCAD", "Reason not assessed")
+    for text in (record.get("eligibility") or {}).get("reasons", []):
+        group[0].ContentSequence.append(hd.sr.TextContentItem(name=reason, value=str(text)[:1024],
+                                                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return group
 
 
 def build(kind: str, source, overlay: Path, record: dict, uids: dict):

@@ -24,13 +24,13 @@ def study(item_id: int):
     return ctx.page("study.html", study=ctx.study_context(ctx.row_or_404(item_id)), live=False)
 
 
-@bp.get("/results/<int:item_id>/<any(overlay, image):kind>.jpg")
+@bp.get("/results/<int:item_id>/<any('overlay', 'overlay-all', 'image'):kind>.jpg")
 def result_image(item_id: int, kind: str):
     row = ctx.row_or_404(item_id)
-    if row["status"] != "done" or (kind == "overlay" and not ctx.cad_visible(item_id)):
+    if row["status"] != "done" or (kind != "image" and not ctx.cad_visible(item_id)):
         abort(404)
     data = ctx.data()
-    path = data.overlay(item_id) if kind == "overlay" else data.image(item_id)
+    path = {"overlay": data.overlay, "overlay-all": data.overlay_all, "image": data.image}[kind](item_id)
     if not path.is_file():
         abort(404)
     return send_file(path, mimetype="image/png" if path.suffix == ".png" else "image/jpeg", max_age=0)

@@ -15,6 +15,9 @@ def item_view(row, cad_visible: bool = True) -> dict:
     done = row["status"] == "done"
     metadata = record.get("metadata") or {}
     show = done and cad_visible
+    eligible = record.get("eligible", True) if done else None
+    sides = record.get("sides", []) if show else []
+    both_hips = show and record.get("heatmap") == "suspected" and any(not s["fracture"] for s in sides)
     return {
         "id": row["id"],
         "status": row["status"],
@@ -23,9 +26,13 @@ def item_view(row, cad_visible: bool = True) -> dict:
         "finished_at": iso(row["finished_at"]),
         "time": iso(row["finished_at"]),
         "duration_ms": row["total_ms"],
-        "sides": record.get("sides", []) if show else [],
+        "eligible": eligible,
+        # an image the model is not for: no verdict, and why (shown even before a read-first answer)
+        "not_assessed": (record.get("eligibility") or {}).get("reasons", []) if eligible is False else [],
+        "sides": sides,
         "error": row["error"],
         "overlay_url": f"/results/{row['id']}/overlay.jpg" if show else None,
+        "overlay_all_url": f"/results/{row['id']}/overlay-all.jpg" if both_hips else None,
         "image_url": f"/results/{row['id']}/image.jpg" if done else None,
         "url": f"/study/{row['id']}",
         "model": record.get("model") or {},

@@ -70,6 +70,10 @@ class DataDir:
     def overlay(self, item_id: int) -> Path:
         return self._image_file(item_id, "overlay")
 
+    def overlay_all(self, item_id: int) -> Path:
+        """The overlay with the heatmap on both hips (the main overlay shows it on suspected hips only)."""
+        return self._image_file(item_id, "overlay-all")
+
     def image(self, item_id: int) -> Path:
         return self._image_file(item_id, "image")
 
@@ -81,7 +85,7 @@ class DataDir:
         return legacy if not path.exists() and legacy.exists() else path
 
     def result_files(self, item_id: int) -> tuple[Path, ...]:
-        names = (f"{int(item_id)}.{kind}.{ext}" for kind in ("overlay", "image") for ext in ("jpg", "png"))
+        names = (f"{int(item_id)}.{kind}.{ext}" for kind in ("overlay", "overlay-all", "image") for ext in ("jpg", "png"))
         return (self.result_json(item_id), *(self.results / name for name in names))
 
     def outbox_file(self, outbox_id: int) -> Path:

@@ -52,6 +52,9 @@ def display_image(pixels: np.ndarray, max_side: int = MAX_SIDE) -> Image.Image:
     return Image.fromarray(pixels).resize((w, h), Image.BILINEAR, reducing_gap=1.0)
 
 
+HEATMAP_MODES = ("suspected", "all")
+
+
 def render(
     display: Image.Image,
     decoded_cols: int,
@@ -59,40 +62,115 @@ def render(
     cam: np.ndarray,
     sides: list[SideVerdict],
     banner: str | None = None,
+    heatmap: str = "suspected",
 ) -> Image.Image:
-    """The overlay on ``display`` (:func:`display_image` of a radiograph ``decoded_cols`` wide)."""
+    """The overlay on ``display`` (:func:`display_image` of a radiograph ``decoded_cols`` wide):
+    the heatmap (``heatmap="suspected"``: only on hips with a suspected fracture, where it helps;
+    ``"all"``: on both, as the paper showed it), the midline, R/L markers, and below the image a
+    caption band with the verdict per hip and the safety notice."""
+    if heatmap not in HEATMAP_MODES:
+        raise ValueError(f"heatmap must be one of {HEATMAP_MODES}, not {heatmap!r}")
     w, h = display.size
     base = display.convert("RGB")
-    heat = Image.fromarray((heatmap_on_image(prepared, cam, (h, w), decoded_cols) * 255.0 + 0.5).astype(np.uint8), mode="L")
-    # the heatmap is blended in with an opacity that grows with its value (cold = transparent);
-    # colouring and opacity are lookup tables applied by Pillow
-    colours = heat.convert("P")
-    colours.putpalette(JET.tobytes())
-    image = Image.composite(colours.convert("RGB"), base, heat.point(ALPHA_TABLE))
+    shown = None if heatmap == "all" else {s.side for s in sides if s.fracture}
+    if shown is None or shown:
+        heat = Image.fromarray((heatmap_on_image(prepared, cam, (h, w), decoded_cols, shown) * 255.0 + 0.5)
+                               .astype(np.uint8), mode="L")
+        # the heatmap is blended in with an opacity that grows with its value (cold = transparent);
+        # colouring and opacity are lookup tables applied by Pillow
+        colours = heat.convert("P")
+        colours.putpalette(JET.tobytes())
+        image = Image.composite(colours.convert("RGB"), base, heat.point(ALPHA_TABLE))
+    else:
+        image = base
     draw = ImageDraw.Draw(image)
     mid = round(prepared.midline_x * w / decoded_cols)
     for y in range(0, h, 12):  # dashed midline
         draw.line([(mid, y), (mid, min(y + 6, h))], fill=WHITE, width=1)
-    size = max(12, h // 28)
-    font = _font(size)
     by_side = {s.side: s for s in sides}
-    for half in prepared.halves:
+    columns = []
+    for half in sorted(prepared.halves, key=lambda half: half.x0):
         x0, x1 = round(half.x0 * w / decoded_cols), round(half.x1 * w / decoded_cols)
+        _marker(draw, "R" if half.side == "right" else "L", x0, x1, w, h)
         verdict = by_side[half.side]
-        text = f"PATIENT {half.side.upper()}: {verdict.words}  p={verdict.probability:.2f}"
-        marker = "R" if half.side == "right" else "L"
-        colour = RED if verdict.fracture else GREEN
-        # the side marker sits at the outer top corner of its half, as on a film
-        outer_left = x0 == 0
-        mx = x0 + size // 2 if outer_left else x1 - size // 2 - round(size * 1.2)
-        draw.text((mx, size // 2), marker, font=_font(round(size * 1.8)), fill=YELLOW, stroke_width=2, stroke_fill=(0, 0, 0))
-        tw = draw.textlength(text, font=font) + 4  # + the stroke on both sides
-        tx = x0 + size // 2 if outer_left else max(x0 + size // 2, x1 - size // 2 - tw)
-        draw.text((tx, size * 3), text, font=font, fill=colour, stroke_width=2, stroke_fill=(0, 0, 0))
-    if banner:
-        draw.rectangle([(0, h - size * 2), (w, h)], fill=(0, 0, 0))
-        draw.text((size // 2, h - size * 2 + size // 3), banner, font=_font(max(10, size * 3 // 4)), fill=YELLOW)
-    return image
+        columns.append((f"PATIENT {half.side.upper()} HIP: {verdict.words}  (p={verdict.probability:.2f})",
+                        RED if verdict.fracture else GREEN))
+    return _with_caption(image, columns, banner)
+
+
+def render_not_assessed(display: Image.Image, reasons: list[str], banner: str | None = None) -> Image.Image:
+    """The radiograph without any verdict or heatmap, and why it was not assessed."""
+    image = display.convert("RGB")
+    text = "NOT ASSESSED - " + "; ".join(reasons) if reasons else "NOT ASSESSED"
+    return _with_caption(image, [(text, YELLOW)], banner, stacked=True)
+
+
+def _marker(draw: ImageDraw.ImageDraw, letter: str, x0: int, x1: int, w: int, h: int) -> None:
+    """The side marker at the outer top corner of its half, as on a film; sized to fit the half."""
+    size = max(8, min(round(min(w, h) / 16), (x1 - x0) // 3 or 8))
+    font = _font(size)
+    tw = draw.textlength(letter, font=font)
+    mx = x0 + size // 3 if x0 == 0 else max(x0, x1 - size // 3 - tw)
+    draw.text((mx, size // 3), letter, font=font, fill=YELLOW, stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0))
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` (words first; a word wider than the line
+    is broken between characters)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if draw.textlength(candidate, font=font) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while draw.textlength(word, font=font) > width and len(word) > 1:
+            cut = max(1, next((i for i in range(len(word), 0, -1) if draw.textlength(word[:i], font=font) <= width), 1))
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
+def _with_caption(image: Image.Image, blocks: list[tuple[str, tuple]], banner: str | None,
+                  stacked: bool = False) -> Image.Image:
+    """``image`` with a black band below it holding ``blocks`` (text, colour) and the banner.
+
+    Blocks sit side by side under the image's halves when each fits its column in at most two
+    lines, else one under the other across the full width; every line is wrapped to the width it
+    has, so no text overlaps another or leaves the picture, whatever the image's shape."""
+    w, h = image.size
+    size = max(11, min(28, round(max(w, h) / 48)))
+    font, small = _font(size), _font(max(10, size * 3 // 4))
+    pad = max(4, size // 2)
+    measure = ImageDraw.Draw(image)
+    column_width = (w - pad * (len(blocks) + 1)) / max(1, len(blocks))
+    rows = [] if stacked else [_wrap(measure, text, font, column_width) for text, _ in blocks]
+    side_by_side = not stacked and len(blocks) > 1 and all(len(lines) <= 2 for lines in rows)
+    if not side_by_side:
+        rows = [_wrap(measure, text, font, w - 2 * pad) for text, _ in blocks]
+    banner_lines = _wrap(measure, banner, small, w - 2 * pad) if banner else []
+    line_h, small_h = round(size * 1.25), round(size * 0.95)
+    text_h = max(len(lines) for lines in rows) * line_h if side_by_side else sum(len(lines) for lines in rows) * line_h
+    band = pad + text_h + (pad // 2 + len(banner_lines) * small_h if banner_lines else 0) + pad
+    out = Image.new("RGB", (w, h + band), (0, 0, 0))
+    out.paste(image, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = h + pad
+    for i, (lines, (_, colour)) in enumerate(zip(rows, blocks)):
+        x = pad + i * (column_width + pad) if side_by_side else pad
+        for j, line in enumerate(lines):
+            draw.text((x, y + j * line_h), line, font=font, fill=colour)
+        if not side_by_side:
+            y += len(lines) * line_h
+    y = h + pad + text_h if side_by_side else y
+    for j, line in enumerate(banner_lines):
+        draw.text((pad, y + pad // 2 + j * small_h), line, font=small, fill=YELLOW)
+    return out
 
 
 def encode(image: Image.Image, fh, fmt: str = "JPEG") -> None:
