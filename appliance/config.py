@@ -42,6 +42,8 @@ class Config:
     max_attempts: int = 3  # worker deaths while reading one file before it is quarantined
     watchdog_stale_s: float = 20.0  # no WATCHDOG=1 when a thread's heartbeat is older
     truth_labels: str = ""  # a dataset folder (labels.csv) giving the truth per file name, for reader studies
+    heatmap: str = "suspected"  # the overlay's heatmap: on hips with a suspected fracture, or "all" (the paper's look)
+    score_ineligible: bool = False  # research only: score images the model is not for (they stay "not eligible")
     log_level: str = "INFO"
     # -- kiosk ------------------------------------------------------------------------------
     kiosk_bind: str = "127.0.0.1"
@@ -82,6 +84,8 @@ class Config:
                 raise ConfigError(f"{name} must be positive")
         if self.settle_s < 0 or self.min_free_mb < 0 or self.retention_days < 0:
             raise ConfigError("settle_s, min_free_mb and retention_days must not be negative")
+        if self.heatmap not in ("suspected", "all"):
+            raise ConfigError(f"heatmap must be suspected or all, not {self.heatmap!r}")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.model.bundle import sha256_file
+from hipcad.runtime.model.files import sha256_file
 
 DEFAULT_SIZES = {"efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260, "efficientnet_b3": 300,
                  "efficientnet_b4": 380, "efficientnet_b5": 456}
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-demo", action="store_true", help="mark the weights as trained on synthetic phantoms")
     parser.add_argument("--no-torch", action="store_true",
                         help="leave out model.pt2 (the PyTorch program used by --backend torch and hipcad parity)")
+    parser.add_argument("--intended-use", metavar="JSON_FILE",
+                        help="intended-use keys over the paper's defaults (adult AP pelvis, CR/DX; see the README)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = parser.parse_args(argv)
     if bool(args.checkpoint) == bool(args.random_init):
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hipcad.export.checkpoint import import_checkpoint, random_init
     from hipcad.export.fused import fuse_timm
+    from hipcad.export.layout_template import read_overrides
     from hipcad.export.onnx_export import export_bundle
 
     start = time.perf_counter()
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export_bundle(
             fused, args.out, architecture=architecture, input_hw=(size, size), provenance=provenance,
             trained=not args.random_init, synthetic_demo=args.synthetic_demo, threshold=args.threshold,
-            with_torch=not args.no_torch, head=head,
+            with_torch=not args.no_torch, head=head, intended_use=read_overrides(args.intended_use),
         )
     except HipcadError as err:
         print(f"hipcad export: {err}", file=sys.stderr)

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from hipcad.export.fused import FRACTURE_CLASS, IMAGENET_MEAN, IMAGENET_STD, FusedCAMModel
+from hipcad.export.layout_template import intended_use_entry
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.model.bundle import FORMAT, MANIFEST, sha256_file, staged_bundle
+from hipcad.runtime.model.bundle import FORMAT, MANIFEST, staged_bundle
+from hipcad.runtime.model.files import sha256_file
 from hipcad.runtime.model.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
 
 OPSET = 18
@@ -129,11 +131,15 @@ def export_bundle(
     extra: dict | None = None,
     with_torch: bool = True,
     head: str = "pool-linear",
+    intended_use: dict | None = None,
+    layout: tuple[dict, dict] | None = None,
 ) -> dict:
     """Export ``fused`` to the bundle folder ``out`` and return its manifest.
 
     The bundle is assembled in a temporary folder beside ``out`` and renamed into place only
-    after every check passed, so a failed export never leaves a half bundle behind.
+    after every check passed, so a failed export never leaves a half bundle behind. Its intended
+    use is the paper's (``intended_use`` overrides keys) with the layout template ``layout`` built
+    from training images (:func:`hipcad.export.layout_template.build`), or hipcad's default.
     """
     out = Path(out)
     fused = fused.eval()
@@ -176,6 +182,7 @@ def export_bundle(
             },
             "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx_path), "opset": OPSET},
             "selftest": {"file": SELFTEST_FILE, "inputs": int(selftest_inputs.shape[0])},
+            "intended_use": intended_use_entry(work, intended_use, layout),
             **({"torch": {"file": TORCH_FILE, "sha256": sha256_file(work / TORCH_FILE),
                           "format": "torch.export ExportedProgram"}} if with_torch else {}),
             "trained": trained,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +27,8 @@ import numpy as np
 import onnx  # at the top: `hipcad quantize` without it names the extra to install
 
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.model.bundle import MANIFEST, load_bundle, sha256_file, staged_bundle
+from hipcad.runtime.model.bundle import MANIFEST, load_bundle, staged_bundle
+from hipcad.runtime.model.files import sha256_file
 from hipcad.runtime.model.selftest import SELFTEST_FILE, reference_inputs
 
 #: an INT8 bundle passes when, against its FP32 source on the same labelled radiographs:
@@ -138,6 +140,9 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
         logits, cam = session.run(["logits", "cam"], {"image": images})
         np.savez_compressed(work / SELFTEST_FILE, image=images, logits=logits, cam=cam)
         manifest = {k: v for k, v in src.manifest.items() if k not in ("torch", "verification")}
+        if "intended_use" in manifest:  # the eligibility layout template travels with the intended use
+            shutil.copyfile(src.intended_use["content"]["layout_template"],  # resolved inside the bundle, hash checked
+                            work / Path(manifest["intended_use"]["content"]["layout_template"]).name)
         manifest.update({
             "name": out_path.name,
             "precision": "int8",

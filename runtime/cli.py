@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "export": ("hipcad.export.cli:main", "checkpoint (or --random-init) -> model bundle (ONNX with fused Grad-CAM)"),
     "train": ("hipcad.export.train.cli:main", "fine-tune on a dataset folder (paper's half cut, split by patient) -> bundle"),
+    "layout-template": ("hipcad.export.layout_template:main", "rebuild a bundle's eligibility layout template from radiographs it is for"),
     "quantize": ("hipcad.export.quantize:main", "FP32 bundle -> INT8 bundle for CPUs (ONNX Runtime), with its agreement with FP32"),
     "build-engine": ("hipcad.runtime.tools.build_engine:main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
     "predict": ("hipcad.runtime.predict:main", "read radiographs: verdict per hip, heatmap overlay, timings"),

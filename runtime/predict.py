@@ -44,7 +44,7 @@ def safe_stem(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
-    from hipcad.runtime.inference.overlay import OVERLAY_SUFFIX
+    from hipcad.runtime.inference.overlay import HEATMAP_MODES, OVERLAY_SUFFIX
     from hipcad.runtime.inference.pipeline import Pipeline
     from hipcad.runtime.model.bundle import load_bundle
 
@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="DIR", help="write overlays (JPEG) and result JSON files here")
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
     parser.add_argument("--backend", default="auto", choices=CHOICES, help="inference backend (default: auto)")
+    parser.add_argument("--heatmap", choices=HEATMAP_MODES, default="suspected",
+                        help="draw the heatmap on hips with a suspected fracture (default) or on all hips, as the paper did")
+    parser.add_argument("--score-ineligible", action="store_true",
+                        help="research only: also score images the model is not for (they stay \"eligible\": false)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
     command_logging(args.verbose)
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
           f"backend: {backend.name} ({backend.device})", file=sys.stderr)
     if backend.fallback_reason:
         print(f"note: {backend.fallback_reason}", file=sys.stderr)
-    pipeline = Pipeline(bundle, backend)
+    pipeline = Pipeline(bundle, backend, heatmap=args.heatmap, score_ineligible=args.score_ineligible)
     used: set[str] = set()
     all_ok = True
     with backend:
@@ -103,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 def _human(result) -> str:
     if not result.ok:
         return f"{result.input}: ERROR {result.error}"
-    sides = "  ".join(
-        f"patient {s.side}: {s.words} (p={s.probability:.3f})"
-        for s in result.sides
-    )
+    sides = "  ".join(f"patient {s.side}: {s.words} (p={s.probability:.3f})" for s in result.sides)
+    if result.eligible is False:
+        reasons = result.eligibility.get("reasons", [])
+        more = f" (and {len(reasons) - 1} more reason(s); see --json)" if len(reasons) > 1 else ""
+        sides = f"NOT ASSESSED: {reasons[0] if reasons else 'not an image this model is for'}{more}" + (
+            f"  [scored for research only] {sides}" if sides else "")
     text = f"{result.input}: {sides}  [{result.timings_ms['total']:.0f} ms]"
     if result.overlay:
         text += f"  overlay: {result.overlay}"

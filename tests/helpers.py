@@ -112,3 +112,12 @@ def write_dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
         setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def phantom(seed: int, index: int = 0, size: tuple[int, int] | None = (1000, 800), **kwargs):
+    """A synthetic AP pelvis (``hipcad.runtime.synth``) of ``size`` (width, height): its display
+    pixels (8-bit, bone bright) and the phantom (true midline, boxes...)."""
+    from hipcad.runtime.synth import make_phantom
+
+    ph = make_phantom(seed, index, size=size, **kwargs)
+    return np.ascontiguousarray(ph.display()), ph

@@ -76,7 +76,8 @@ class Reader:
             store.close()
 
     def _use(self, backend, store: Store, runtime_fallback: str | None = None) -> None:
-        self.pipeline = Pipeline(self.bundle, backend)
+        self.pipeline = Pipeline(self.bundle, backend, heatmap=self.config.heatmap,
+                                 score_ineligible=self.config.score_ineligible)
         self.backend_info = {
             "name": backend.name,
             "device": backend.device,
@@ -93,7 +94,8 @@ class Reader:
             reason = f"the worker stopped {item['attempts'] - 1} times while reading this file"
             self._quarantine(item, store, reason, {})
             return backend
-        result = self.pipeline.run(data.spool(sha), data.overlay(item_id))
+        both = data.overlay_all(item_id) if self.config.heatmap == "suspected" else None
+        result = self.pipeline.run(data.spool(sha), data.overlay(item_id), both)
         if result.error_kind == "backend":
             remove_quietly(*data.result_files(item_id))
             store.requeue(item_id)
@@ -108,10 +110,11 @@ class Reader:
             **result.to_json(),
         }
         if not result.ok:
-            remove_quietly(data.overlay(item_id))
+            remove_quietly(data.overlay(item_id), data.overlay_all(item_id))
             self._quarantine(item, store, result.error or "unknown error", record)
             return backend
         record["input"] = f"processed/{sha}"
+        record["heatmap"] = self.config.heatmap
         buffer = io.BytesIO()
         encode(result.display, buffer)
         atomic_write(data.image(item_id), buffer.getvalue())
@@ -126,6 +129,9 @@ class Reader:
         if outbox:
             self.forwarder.wake.set()
         verdicts = ", ".join(f"{s.side}: {s.words} ({s.probability:.2f})" for s in result.sides)
+        if result.eligible is False:  # the names of the failed checks only: a reason may quote a DICOM value
+            failed = [name for name, c in result.eligibility.get("checks", {}).items() if not c["passed"]]
+            verdicts = f"not assessed (failed checks: {', '.join(failed)})" + (f"; {verdicts}" if verdicts else "")
         log.info("item %d read in %.0f ms: %s", item_id, result.timings_ms.get("total", 0.0), verdicts)
         return backend
 

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-checkpoint", metavar="PATH", help="also save the best state_dict here")
     parser.add_argument("--synthetic-demo", action="store_true", help="label the bundle a synthetic demo (automatic for `hipcad synth` folders)")
     parser.add_argument("--no-torch", action="store_true", help="leave model.pt2 out of the bundle (smaller)")
+    parser.add_argument("--intended-use", metavar="JSON_FILE",
+                        help="intended-use keys over the paper's defaults (adult AP pelvis, CR/DX; see the README)")
     args = parser.parse_args(argv)
     args.argv = argv
     try:

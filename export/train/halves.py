@@ -56,7 +56,7 @@ def cut_record(record: ImageRecord, input_hw: tuple[int, int]) -> list[tuple[np.
         box_x, on_left = (box.x0 * scale, box.x1 * scale), fractured[0] == left_is
     else:
         box_x, on_left = None, True
-    cut = dividing_line(cols, find_midline(pixels), box_x, on_left, MARGIN_PX * scale)
+    cut = dividing_line(cols, find_midline(pixels).x, box_x, on_left, MARGIN_PX * scale)
     spans = half_spans(cut, cols, left_is)
     h, w = input_hw
     rows = pixels.shape[0]

@@ -17,12 +17,16 @@ from torch import nn
 from hipcad.export.checkpoint import create_timm, read_state_dict
 from hipcad.export.fused import FusedCAMModel, TimmFeatures, fuse_timm
 from hipcad.export.heads import FastaiHeadCAM, fastai_head
+from hipcad.export.layout_template import LayoutTemplateError, read_overrides
+from hipcad.export.layout_template import build as build_layout
 from hipcad.export.train.augment import augment, box_masks
 from hipcad.export.train.halves import MARGIN_PX, cached_halves
 from hipcad.export.train.model import Classifier, _cell_targets, _feature_hw, _negatives_per_positive, predict_probs
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.evaluation.dataset import Dataset, load_dataset, split_by_patient
 from hipcad.runtime.evaluation.stats import binary_metrics
+from hipcad.runtime.imaging.decode import decode
+from hipcad.runtime.inference.pipeline import min_decode_side
 from hipcad.runtime.model.notice import SYNTHETIC_DEMO
 
 
@@ -165,10 +169,28 @@ def train(args) -> int:
     provenance = {"source": "hipcad train", "seed": args.seed,
                   "command": "hipcad train " + " ".join(args.argv)}
     fused = fuse_timm(model) if head is None else FusedCAMModel(TimmFeatures(model), FastaiHeadCAM(head)).eval()
+    layout = training_layout(train_recs, (size, size))
     export_bundle(fused, args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
                   trained=True, synthetic_demo=synthetic, threshold=0.5, with_torch=not args.no_torch,
-                  extra={"training": training}, head="pool-linear" if head is None else "fastai-concat-pool")
+                  extra={"training": training}, head="pool-linear" if head is None else "fastai-concat-pool",
+                  intended_use=read_overrides(args.intended_use), layout=layout)
     v = figures["validation"]
     print(f"wrote {args.out}: best epoch {best['epoch']}, validation accuracy {v['accuracy']['value']:.3f}, "
           f"AUC {v['auc']['value']:.4f}" + (f" ({SYNTHETIC_DEMO.banner})" if synthetic else ""))
     return 0
+
+
+LAYOUT_IMAGES = 200  # training radiographs the eligibility layout template is built from
+
+
+def training_layout(records, input_hw: tuple[int, int]) -> tuple[dict, dict] | None:
+    """The eligibility check's layout template from (up to LAYOUT_IMAGES of) the training
+    radiographs, decoded as the runtime decodes them; None (hipcad's default template) when too
+    few of them show two femoral heads."""
+    sample = records[:: max(1, len(records) // LAYOUT_IMAGES)][:LAYOUT_IMAGES]
+    images = (decode(rec.path, min_side=min_decode_side(input_hw)).pixels for rec in sample)
+    try:
+        return build_layout(images, f"{len(sample)} training radiographs of this bundle")
+    except LayoutTemplateError as err:
+        print(f"note: {err}; the bundle gets hipcad's default layout template", file=sys.stderr)
+        return None

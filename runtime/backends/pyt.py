@@ -11,7 +11,7 @@ import numpy as np
 
 from hipcad.runtime.backends.base import Backend
 from hipcad.runtime.errors import BackendUnavailableError, BundleError
-from hipcad.runtime.model.bundle import sha256_file
+from hipcad.runtime.model.files import sha256_file
 
 
 class TorchBackend(Backend):

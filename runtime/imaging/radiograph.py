@@ -39,6 +39,8 @@ class Radiograph:
     metadata: dict = field(default_factory=dict)
     patient: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: colour statistics measured before the grey conversion (colour sources only; else None)
+    colour: dict | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 2 or self.pixels.dtype != np.uint8:

@@ -101,7 +101,7 @@ def render(
 def render_not_assessed(display: Image.Image, reasons: list[str], banner: str | None = None) -> Image.Image:
     """The radiograph without any verdict or heatmap, and why it was not assessed."""
     image = display.convert("RGB")
-    text = "NOT ASSESSED - " + "; ".join(reasons) if reasons else "NOT ASSESSED"
+    text = "NOT ASSESSED - " + reasons[0] if reasons else "NOT ASSESSED"  # the first reason; the result lists all
     return _with_caption(image, [(text, YELLOW)], banner, stacked=True)
 
 

@@ -14,13 +14,17 @@ from hipcad.runtime.errors import BadInputError, HipcadError
 from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.radiograph import Radiograph
-from hipcad.runtime.inference.overlay import MAX_SIDE, display_image, render, save_atomic
+from hipcad.runtime.inference.eligibility import assess
+from hipcad.runtime.inference.midline import Midline, find_midline
+from hipcad.runtime.inference.overlay import MAX_SIDE, display_image, render, render_not_assessed, save_atomic
 from hipcad.runtime.inference.preprocess import Prepared, prepare
 from hipcad.runtime.inference.result import Result
 from hipcad.runtime.inference.verdict import side_verdicts
 from hipcad.runtime.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
+
+MIN_SEARCH_SIDE = 16  # an image smaller than this on a side has no midline to look for
 
 
 class Pipeline:
@@ -30,11 +34,18 @@ class Pipeline:
         backend: Backend,
         limits: DecodeLimits = DEFAULT_LIMITS,
         overlay_max_side: int = MAX_SIDE,
+        *,
+        heatmap: str = "suspected",
+        score_ineligible: bool = False,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
         self.limits = limits
         self.overlay_max_side = overlay_max_side
+        self.heatmap = heatmap  # the overlay's heatmap: on "suspected" hips or on "all"
+        #: research only: score images the model is not for (they stay ``eligible: false``)
+        self.score_ineligible = score_ineligible
+        self.intended_use = bundle.intended_use
         self.threshold = bundle.threshold
         notice = bundle.notice
         self.banner = notice.banner if notice else None
@@ -55,34 +66,46 @@ class Pipeline:
         return decode(path, self.limits, min_side=self.min_decode_side)
 
     def load(self, path: str | Path) -> "Loaded":
-        """Decode and split one radiograph (the part that can run ahead of inference)."""
+        """Decode, judge and split one radiograph (the part that can run ahead of inference)."""
         loaded = Loaded(Result(input=str(path), model=self.model_info))
+        result = loaded.result
         start = time.perf_counter()
-        timings = loaded.result.timings_ms
+        timings = result.timings_ms
         try:
-            loaded.radiograph = self.decode(path)
+            radiograph = loaded.radiograph = self.decode(path)
             timings["decode"], t = _ms(start), time.perf_counter()
-            loaded.result.patient = loaded.radiograph.patient
-            loaded.result.warnings.extend(loaded.radiograph.warnings)
-            loaded.prepared = prepare(loaded.radiograph, self.bundle.input_hw)
-            loaded.result.warnings.extend(loaded.prepared.notes)
-            timings["preprocess"] = _ms(t)
+            result.patient = radiograph.patient
+            result.warnings.extend(radiograph.warnings)
+            midline = find_midline(radiograph.pixels) if min(radiograph.pixels.shape) >= MIN_SEARCH_SIDE else None
+            eligibility = assess(radiograph, self.intended_use, midline)
+            result.eligible, result.eligibility = eligibility.eligible, eligibility.to_json()
+            result.warnings.extend(eligibility.warnings)
+            result.metadata = _metadata(radiograph, midline)
+            timings["eligibility"], t = _ms(t), time.perf_counter()
+            if midline is not None and (eligibility.eligible or self.score_ineligible):
+                loaded.prepared = prepare(radiograph, self.bundle.input_hw, midline.x)
+                result.warnings.extend(loaded.prepared.notes)
+                timings["preprocess"] = _ms(t)
         except Exception as err:
-            loaded.result.fail(*_input_failure(err))
+            result.fail(*_input_failure(err))
         loaded.seconds = time.perf_counter() - start
         return loaded
 
-    def complete(self, loaded: "Loaded", overlay_path: Path | None = None) -> Result:
-        """Inference, verdicts and overlay for a loaded radiograph."""
+    def complete(self, loaded: "Loaded", overlay_path: Path | None = None, overlay_all_path: Path | None = None) -> Result:
+        """Inference, verdicts and overlay for a loaded radiograph; for one the model is not for,
+        no inference: the answer is "not assessed" and why (and an overlay that says so).
+        ``overlay_all_path``: also write the overlay with the heatmap on both hips."""
         result = loaded.result
         start = time.perf_counter()
-        if result.error is None:
-            self._infer(loaded, overlay_path)
+        if result.error is None and loaded.prepared is None:
+            self._not_assessed(loaded, overlay_path)
+        elif result.error is None:
+            self._infer(loaded, overlay_path, overlay_all_path)
         result.timings_ms["total"] = round((loaded.seconds + time.perf_counter() - start) * 1000.0, 1)
         return result
 
-    def run(self, path: str | Path, overlay_path: Path | None = None) -> Result:
-        return self.complete(self.load(path), overlay_path)
+    def run(self, path: str | Path, overlay_path: Path | None = None, overlay_all_path: Path | None = None) -> Result:
+        return self.complete(self.load(path), overlay_path, overlay_all_path)
 
     def run_many(self, jobs: Iterable[tuple[str | Path, Path | None]]) -> Iterator[Result]:
         """Results for (path, overlay_path) jobs in order, decoding the next radiograph on a second
@@ -98,7 +121,21 @@ class Pipeline:
             if pending is not None:
                 yield self.complete(pending[0].result(), pending[1])
 
-    def _infer(self, loaded: "Loaded", overlay_path: Path | None) -> None:
+    def _not_assessed(self, loaded: "Loaded", overlay_path: Path | None) -> None:
+        result = loaded.result
+        t = time.perf_counter()
+        try:
+            if overlay_path is not None:
+                result.display = display_image(loaded.radiograph.pixels, self.overlay_max_side)
+                save_atomic(render_not_assessed(result.display, result.eligibility["reasons"], self.banner), Path(overlay_path))
+                result.overlay = str(overlay_path)
+                result.timings_ms["overlay"] = _ms(t)
+        except Exception as err:
+            result.fail(*_input_failure(err))
+            return
+        result.ok = True
+
+    def _infer(self, loaded: "Loaded", overlay_path: Path | None, overlay_all_path: Path | None) -> None:
         result, radiograph, prepared = loaded.result, loaded.radiograph, loaded.prepared
         t = time.perf_counter()
         try:
@@ -112,25 +149,33 @@ class Pipeline:
         result.timings_ms["inference"], t = _ms(t), time.perf_counter()
         try:
             result.sides = side_verdicts(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale)
-            result.metadata = {
-                **{k: v for k, v in radiograph.metadata.items() if v is not None},
-                "source_format": radiograph.source_format,
-                "rows": radiograph.original_shape[0],
-                "columns": radiograph.original_shape[1],
-                "midline_x": round(prepared.midline_x / radiograph.scale, 1),
-                "image_left_is_patient": prepared.image_left_is,
-            }
+            result.metadata["image_left_is_patient"] = prepared.image_left_is
             result.timings_ms["postprocess"], t = _ms(t), time.perf_counter()
             if overlay_path is not None:
                 result.display = display_image(radiograph.pixels, self.overlay_max_side)
-                image = render(result.display, radiograph.pixels.shape[1], prepared, cam, result.sides, self.banner)
-                save_atomic(image, Path(overlay_path))
+                cols = radiograph.pixels.shape[1]
+                save_atomic(render(result.display, cols, prepared, cam, result.sides, self.banner, self.heatmap),
+                            Path(overlay_path))
                 result.overlay = str(overlay_path)
+                if overlay_all_path is not None:
+                    save_atomic(render(result.display, cols, prepared, cam, result.sides, self.banner, "all"),
+                                Path(overlay_all_path))
                 result.timings_ms["overlay"] = _ms(t)
         except Exception as err:
             result.fail(*_input_failure(err))
             return
         result.ok = True
+
+
+def _metadata(radiograph: Radiograph, midline: Midline | None) -> dict:
+    """What a result says about the image (DICOM identifiers, geometry, the midline in stored
+    pixels); never patient identity."""
+    metadata = {k: v for k, v in radiograph.metadata.items() if v is not None}
+    metadata.update(source_format=radiograph.source_format, rows=radiograph.original_shape[0],
+                    columns=radiograph.original_shape[1],
+                    midline_x=round(midline.x / radiograph.scale, 1) if midline is not None else None,
+                    midline_confidence=round(midline.confidence, 3) if midline is not None else None)
+    return metadata
 
 
 def min_decode_side(input_hw: tuple[int, int], overlay_max_side: int = MAX_SIDE) -> int:

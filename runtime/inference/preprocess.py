@@ -34,10 +34,14 @@ def resize_gray(pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((w, h), Image.BILINEAR))
 
 
-def prepare(radiograph: Radiograph, input_hw: tuple[int, int]) -> Prepared:
+def prepare(radiograph: Radiograph, input_hw: tuple[int, int], midline_x: int | None = None) -> Prepared:
+    """The two halves of ``radiograph`` cut at column ``midline_x`` (found by :mod:`.midline` when
+    not given), patient right first, each resized to ``input_hw``."""
     pixels = radiograph.pixels
     cols = pixels.shape[1]
-    midline = min(max(find_midline(pixels), 1), cols - 1)
+    if midline_x is None:
+        midline_x = find_midline(pixels).x
+    midline = min(max(int(midline_x), 1), cols - 1)
     left_is, note = image_left_side(radiograph.metadata.get("patient_orientation"))
     spans = half_spans(midline, cols, left_is)
     halves = [Half(side, *spans[side]) for side in SIDES]

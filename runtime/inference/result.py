@@ -23,6 +23,9 @@ class Result:
     ok: bool = False
     error: str | None = None
     error_kind: str | None = None  # one of ERROR_KINDS when ``error`` is set
+    #: is the image what the model is for? (None when it could not be read); when not, no verdict
+    eligible: bool | None = None
+    eligibility: dict = field(default_factory=dict)  # {"reasons", "warnings", "checks"}
     sides: list[SideVerdict] = field(default_factory=list)
     overlay: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -45,6 +48,8 @@ class Result:
             "input": self.input,
             "ok": self.ok,
             "error": self.error,
+            "eligible": self.eligible,
+            "eligibility": self.eligibility,
             "sides": [s.to_json() for s in self.sides],
             "overlay": self.overlay,
             "timings_ms": self.timings_ms,

@@ -13,20 +13,13 @@ from functools import cached_property
 from pathlib import Path
 
 from hipcad.runtime.errors import BundleError
+from hipcad.runtime.model import intended_use
 from hipcad.runtime.model.notice import SafetyNotice, safety_notice
 
 MANIFEST = "manifest.json"
 FORMAT = "hipcad-bundle/1"
 # The demo bundle shipped inside the package (trained on synthetic phantoms: none of its weights are clinical).
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "demo"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -104,6 +97,13 @@ class Bundle:
     def notice(self) -> SafetyNotice | None:
         """The safety notice its output carries (untrained or synthetic demo), else None."""
         return safety_notice(self.trained, self.synthetic_demo)
+
+    # -- what it is for -----------------------------------------------------------------
+    @cached_property
+    def intended_use(self) -> dict:
+        """The images this model is for (:mod:`hipcad.runtime.model.intended_use`), checked before
+        every inference."""
+        return intended_use.resolve(self.manifest.get("intended_use"), self.path)
 
     # -- decision -----------------------------------------------------------------------
     @property

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hipcad.runtime.model.bundle import Bundle, sha256_file
+from hipcad.runtime.model.bundle import Bundle
+from hipcad.runtime.model.files import sha256_file
 from hipcad.runtime.model.selftest import reference_inputs
 from tests.helpers import run_cli, trained_like_b4_state_dict
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import pelvis_like, run_cli, write_dicom
+from tests.helpers import phantom, run_cli, write_dicom
 
 pytestmark = pytest.mark.heavy
 
@@ -28,11 +28,11 @@ def _png_header_only(path, width, height):
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs")
     good_jpg = d / "good.jpg"
-    Image.fromarray(pelvis_like(700, 1000, centre=0.45)).save(good_jpg, quality=92)
+    Image.fromarray(phantom(4401, 0, size=(1000, 700))[0]).save(good_jpg, quality=92)
     good_png = d / "good.png"
-    Image.fromarray(pelvis_like(500, 800, seed=3)).save(good_png)
-    good_dcm = write_dicom(d / "good.dcm", (pelvis_like(600, 900).astype(np.uint16) * 16), PatientOrientation=["L", "F"],
-                           BodyPartExamined="PELVIS", ViewPosition="AP")
+    Image.fromarray(phantom(4401, 1, size=(800, 500))[0]).save(good_png)
+    good_dcm = write_dicom(d / "good.dcm", (phantom(4401, 2, size=(900, 600))[0].astype(np.uint16) * 16),
+                           PatientOrientation=["L", "F"], BodyPartExamined="PELVIS", ViewPosition="AP")
     truncated = d / "truncated.jpg"
     truncated.write_bytes(good_jpg.read_bytes()[:2000])
     corrupt = d / "corrupt.dcm"
@@ -61,11 +61,12 @@ def test_predict_json_contract_and_bad_inputs(b4_bundle, inputs, tmp_path):
     by_name = {r["input"].rsplit("/", 1)[1]: r for r in lines}
     for name in ("good.jpg", "good.png", "good.dcm"):
         r = by_name[name]
-        assert r["ok"] is True and r["error"] is None
+        assert r["ok"] is True and r["error"] is None and r["eligible"] is True
         assert [s["side"] for s in r["sides"]] == ["right", "left"]
+        assert 0.35 <= r["metadata"]["midline_confidence"] <= 1.0
         for s in r["sides"]:
             assert 0.0 <= s["probability"] <= 1.0 and s["fracture"] == (s["probability"] >= 0.5)
-        assert set(r["timings_ms"]) >= {"decode", "preprocess", "inference", "postprocess", "total"}
+        assert set(r["timings_ms"]) >= {"decode", "eligibility", "preprocess", "inference", "postprocess", "total"}
         overlay = Image.open(r["overlay"])
         assert max(overlay.size) <= 1024 and overlay.mode == "RGB" and overlay.format == "JPEG"
         assert r["overlay"].endswith(".overlay.jpg")
@@ -78,7 +79,7 @@ def test_predict_json_contract_and_bad_inputs(b4_bundle, inputs, tmp_path):
     }
     for name, words in expected.items():
         r = by_name[name]
-        assert r["ok"] is False and r["sides"] == [] and r["error"], name
+        assert r["ok"] is False and r["sides"] == [] and r["error"] and r["eligible"] is None, name
         assert words in r["error"], (name, r["error"])
         assert "internal error" not in r["error"], (name, r["error"])
 
@@ -93,7 +94,7 @@ def test_all_good_inputs_exit_zero_and_human_output(b4_bundle, inputs):
 def test_flipped_dicom_heatmap_peaks_land_on_the_right_sides(b4_bundle, tmp_path):
     """Patient left is on the image's left in an R\\F image; each side's heatmap peak must lie in
     that side's half of the stored image."""
-    img = pelvis_like(600, 900)
+    img = phantom(4401, 3, size=(900, 600))[0]
     path = write_dicom(tmp_path / "rf.dcm", img, PatientOrientation=["R", "F"])
     proc = run_cli("predict", str(path), "--model", str(b4_bundle), "--json", "--backend", "onnxruntime")
     r = json.loads(proc.stdout)

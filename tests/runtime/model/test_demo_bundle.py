@@ -7,7 +7,7 @@ import json
 
 from hipcad.runtime.backends import open_backend
 from hipcad.runtime.model.bundle import DEFAULT_BUNDLE, load_bundle
-from tests.helpers import pelvis_like, run_cli
+from tests.helpers import phantom, run_cli
 
 
 def test_demo_bundle_is_shipped_small_and_labelled():
@@ -30,7 +30,7 @@ def test_predict_defaults_to_the_demo_model_and_says_so(tmp_path):
     from PIL import Image
 
     path = tmp_path / "x.png"
-    Image.fromarray(pelvis_like()).save(path)
+    Image.fromarray(phantom(4402)[0]).save(path)
     proc = run_cli("predict", str(path), "--json", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
