@@ -268,7 +268,9 @@ def _decode_first_frame(ds, ts, codec, header: ImageHeader, fp: BinaryIO, warns:
         if len(data) < frame_bytes:
             first = " for the first frame" if header.frames > 1 else ""
             raise BadInputError(f"pixel data truncated: expected {frame_bytes} bytes{first}, found {len(data)}")
-        if len(data) < frame_bytes * header.frames:
+        if len(data) < frame_bytes * header.frames and header.bits_allocated > 1:
+            # pydicom refuses pixel data shorter than all frames: keep the first, whole frame
+            ds.PixelData, ds.NumberOfFrames = bytes(data[:frame_bytes]), 1
             warns.append("the file is truncated after its first frame (only the first frame is used)")
     try:
         arr, props = decoders.decode_frame(ds, ts)
