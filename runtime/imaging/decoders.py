@@ -94,21 +94,20 @@ def plugin_in_use(ts: str) -> str | None:
 
 
 def decode_frame(ds, ts):
-    """(array, pixel properties) of frame 0, by the first plugin of :func:`plugin_order` that
-    succeeds; the last error is raised when all fail. MemoryError passes at once."""
+    """(array, pixel properties) of frame 0: by the preferred plugin when it is installed, else (or
+    when it fails) by pydicom's own order of plugins, whose error names each plugin's reason."""
     from pydicom.pixels import get_decoder
 
-    order = plugin_order(ts) or [""]
-    error: Exception | None = None
-    for plugin in order:
+    preferred = PREFERRED.get(str(ts))
+    order = plugin_order(ts)
+    if preferred and order and order[0] == preferred:
         try:
-            return get_decoder(ts).as_array(ds, index=0, decoding_plugin=plugin)
+            return get_decoder(ts).as_array(ds, index=0, decoding_plugin=preferred)
         except MemoryError:
             raise
-        except Exception as err:  # noqa: BLE001 - the next plugin may read it; the last error is reported
-            error = err
-    assert error is not None
-    raise error
+        except Exception:  # noqa: BLE001 - pydicom's plugins may read it, and say why not if they cannot
+            pass
+    return get_decoder(ts).as_array(ds, index=0)
 
 
 def fix_sequential_sos(frame: bytes) -> bytes | None:
