@@ -1,17 +1,12 @@
 """Which decoder reads the first frame of each compressed transfer syntax, with fallbacks.
 
 pydicom tries its plugins in its own order; for three syntaxes hipcad asks for a faster one by
-name, pixel-exact with pydicom's default (measured in the README's decoder table, checked by
-tests/runtime/imaging/test_decoders.py), and falls back to pydicom's order when it is missing or
-fails:
+name, pixel-exact with pydicom's default (tests/runtime/imaging/test_decoders.py; timings in the
+README), and falls back to pydicom's order when it is missing or fails:
 
-================  =============================================  ==========================
-syntax            preferred plugin                                pydicom's default
-================  =============================================  ==========================
-JPEG Lossless     ``libjpeg-turbo`` (imagecodecs >= libjpeg-turbo 3)  pylibjpeg (libjpeg)
-JPEG-LS           ``pyjpegls`` (CharLS)                           pylibjpeg (libjpeg)
-HTJ2K             ``openjph`` (imagecodecs)                       pylibjpeg (openjpeg)
-================  =============================================  ==========================
+* JPEG Lossless (process 14, SV1): ``libjpeg-turbo`` (imagecodecs, libjpeg-turbo >= 3) instead of pylibjpeg;
+* JPEG-LS: ``pyjpegls`` (CharLS) instead of pylibjpeg;
+* HTJ2K: ``openjph`` (imagecodecs) instead of pylibjpeg (OpenJPEG).
 
 Lossy JPEG stays with pylibjpeg-libjpeg, the only decoder identical to today's output (libjpeg-turbo
 differs by 1-3 stored values); a sequential JPEG whose scan header has the WG04 ``Se=0`` quirk

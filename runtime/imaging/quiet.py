@@ -2,7 +2,8 @@
 warnings quote element values read from the file (UIDs, names...), which must never reach a log.
 
 :func:`quiet_decoding` withholds them for the calling thread; :func:`safe_reason` turns a library
-exception into a one-line message that is safe to show and to log.
+exception into a one-line message that is safe to show and to log: it keeps the library's words
+and blanks the patient-identifying values of the file being decoded (:func:`set_patient_values`).
 """
 
 from __future__ import annotations

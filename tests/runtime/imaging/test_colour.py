@@ -76,21 +76,11 @@ def test_jpeg_and_png_colour_is_measured_before_the_grey_conversion(tmp_path, fm
 
 
 def test_dicom_colour_is_measured_before_the_grey_conversion(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    pytest.importorskip("pydicom")
+    from tests.helpers import dicom_dataset
 
     def rgb_dicom(arr: np.ndarray, path):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.9"
-        ds.Rows, ds.Columns = arr.shape[:2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = arr.tobytes()
-        ds.save_as(path, enforce_file_format=True)
+        dicom_dataset(arr, sop="1.2.840.10008.5.1.4.1.1.7", Modality="OT").save_as(path, enforce_file_format=True)
         return path
 
     photo = decode(rgb_dicom(photograph(), tmp_path / "photo.dcm"))

@@ -13,12 +13,12 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from pydicom import uid as UID  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.pixels import get_decoder  # noqa: E402
 
 from hipcad.runtime.imaging import decoders, transfer_syntaxes  # noqa: E402
 from hipcad.runtime.imaging.dicom import read_dicom_pixels  # noqa: E402
+from tests.helpers import dicom_dataset  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -35,24 +35,6 @@ def extreme_image(bits: int, signed: bool, seed: int = 0) -> np.ndarray:
     arr[60:, :64] = (lo + hi) // 2
     dtype = f"{'i' if signed else 'u'}{1 if bits <= 8 else 2}"
     return arr.astype(dtype)
-
-
-def make_ds(arr: np.ndarray, bits: int) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID.ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = arr.dtype.itemsize * 8
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = int(arr.dtype.kind == "i")
-    ds.PixelData = arr.tobytes()
-    return ds
 
 
 def encode_tool(tmp_path, ds, *args) -> str:
@@ -97,7 +79,7 @@ CASES = [
 def test_preferred_decoder_is_exact_with_pydicoms_default(tmp_path, case):
     _, bits, signed, encoder = case
     arr = extreme_image(bits, signed)
-    ds = make_ds(arr, bits)
+    ds = dicom_dataset(arr, bits)
     path = encode_htj2k(tmp_path, ds, arr) if encoder == "htj2k" else encode_tool(tmp_path, ds, *encoder)
     encoded = pydicom.dcmread(path)
     ts = encoded.file_meta.TransferSyntaxUID
@@ -118,7 +100,7 @@ def test_preferred_decoder_is_exact_with_pydicoms_default(tmp_path, case):
 
 def test_a_missing_or_failing_preferred_decoder_falls_back(tmp_path, monkeypatch):
     arr = extreme_image(12, False)
-    path = encode_tool(tmp_path, make_ds(arr, 12), "dcmcjpeg", "+e1")
+    path = encode_tool(tmp_path, dicom_dataset(arr, 12), "dcmcjpeg", "+e1")
     ts = UID.JPEGLosslessSV1
     decoders.register_plugins()
     if "libjpeg-turbo" not in get_decoder(ts).available_plugins:
@@ -142,9 +124,7 @@ def test_a_missing_or_failing_preferred_decoder_falls_back(tmp_path, monkeypatch
 def test_colour_frames_are_left_to_pydicoms_plugins(tmp_path):
     """hipcad's imagecodecs plugins decode grey frames only; a colour lossless JPEG still decodes."""
     rgb = np.random.default_rng(1).integers(0, 255, (ROWS, COLS, 3), endpoint=True).astype(np.uint8)
-    ds = make_ds(rgb[..., 0], 8)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.PixelData = rgb.tobytes()
+    ds = dicom_dataset(rgb)
     path = encode_tool(tmp_path, ds, "dcmcjpeg", "+e1")
     assert np.array_equal(read_dicom_pixels(path).stored, rgb)
 

@@ -28,6 +28,7 @@ from hipcad.runtime.imaging.decoders import SOS_QUIRK_WARNING, fix_sequential_so
 from hipcad.runtime.imaging.dicom import decode_dicom, read_dicom_pixels  # noqa: E402
 from hipcad.runtime.imaging.limits import DecodeLimits  # noqa: E402
 from hipcad.runtime.imaging.sniff import HEAD_BYTES, sniff  # noqa: E402
+from tests.helpers import dicom_dataset  # noqa: E402
 
 # writing the test files makes pydicom warn (decode_dicom itself is quiet)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -45,31 +46,9 @@ def image(bits: int = 12) -> np.ndarray:
 
 
 def make_ds(arr: np.ndarray, bits: int = 12, sop: str = "1.2.840.10008.5.1.4.1.1.1.1") -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID.ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyDate = "19991231"
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.2"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.3"
-    ds.Modality = "DX"
-    ds.PatientName = "Secret^Patient"
-    ds.PatientID = "ID-SECRET-42"
-    ds.BodyPartExamined = "PELVIS"
-    ds.PatientOrientation = ["L", "F"]
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = arr.dtype.itemsize * 8
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = arr.tobytes()
-    return ds
+    return dicom_dataset(arr, bits, sop, SpecificCharacterSet="ISO_IR 100", StudyDate="19991231",
+                         PatientName="Secret^Patient", PatientID="ID-SECRET-42", BodyPartExamined="PELVIS",
+                         PatientOrientation=["L", "F"])
 
 
 def save(ds: Dataset, path) -> Path:
