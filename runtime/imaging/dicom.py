@@ -53,6 +53,7 @@ import numpy as np
 from hipcad.runtime.errors import BadInputError, HipcadError, InputTooLargeError
 from hipcad.runtime.imaging import transfer_syntaxes
 from hipcad.runtime.imaging.dicom_display import GRAY, ROBUST_PERCENTILES, display_pixels
+from hipcad.runtime.imaging.dicom_objects import sop_class
 from hipcad.runtime.imaging.dicom_read import DicomPixels, check_source_type, read_dicom_pixels
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.quiet import quiet_decoding, safe_reason, withheld_messages
@@ -126,8 +127,6 @@ def _pixel_spacing(ds) -> list[float] | None:
 
 
 def _metadata(ds, header) -> dict:
-    from hipcad.runtime.imaging.dicom_objects import sop_class
-
     metadata = {key: _text(ds, keyword) for key, keyword in _METADATA_FIELDS.items()}
     metadata["transfer_syntax"] = str(ds.file_meta.TransferSyntaxUID)
     metadata["sop_class_uid"] = sop_class(ds) or None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,10 +26,15 @@ J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
 MAX_THREADS = 4
 
 
+_threads_lock = threading.Lock()
+
+
 def _threads() -> None:
-    if "OPJ_NUM_THREADS" not in os.environ:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        os.environ["OPJ_NUM_THREADS"] = str(max(1, min(MAX_THREADS, cpus)))
+    """Set ``OPJ_NUM_THREADS`` once, before the first reduced decode, unless the environment has it."""
+    with _threads_lock:
+        if "OPJ_NUM_THREADS" not in os.environ:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            os.environ["OPJ_NUM_THREADS"] = str(max(1, min(MAX_THREADS, cpus)))
 
 
 def decode_j2k_reduced(ds, ts, header: ImageHeader, reduce: int):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from pydicom import uid as _uid
 
+from hipcad.runtime.imaging.decoders import plugin_in_use, register_plugins
+
 
 @dataclass(frozen=True)
 class Codec:
@@ -86,8 +88,6 @@ def status_for(uid: str) -> CodecStatus | None:
     codec = SUPPORTED.get(str(uid))
     if codec is None:
         return None
-    from hipcad.runtime.imaging.decoders import plugin_in_use, register_plugins
-
     register_plugins()
     dec = _decoder(codec.uid)
     decoder = None
