@@ -13,27 +13,60 @@ from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.logs import command_logging
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
+def _why_skipped(path: Path) -> str | None:
+    """Why a file found in a folder is not read (None: it is read)."""
+    from hipcad.runtime.imaging.sniff import HEAD_BYTES, not_an_image_hint, sniff
+
+    if path.name.startswith("."):
+        return "hidden file"
+    if path.name.upper() == "DICOMDIR":
+        return "DICOMDIR (the index of the folder's images, which are read themselves)"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except OSError as err:
+        return f"unreadable ({err.strerror or type(err).__name__})"
+    if not head:
+        return "empty file"
+    return None if sniff(head) is not None else not_an_image_hint(head)
+
+
+def expand_inputs(items: list[str], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Files as given (each is reported, readable or not); folders expanded to the radiographs
-    inside them (sorted, recursive; files that are not DICOM, JPEG or PNG, such as a dataset's
-    labels.csv, are left out)."""
-    from hipcad.runtime.imaging.decode import sniff
-
-    def is_image(path: Path) -> bool:
-        try:
-            with open(path, "rb") as fh:
-                return sniff(fh.read(132)) is not None
-        except OSError:
-            return False
-
+    inside them (sorted, recursive). Files in a folder that are not DICOM, JPEG or PNG (a dataset's
+    labels.csv, a ZIP), a DICOMDIR (the index of the folder's images), hidden, empty and unreadable
+    files are left out, and added to ``skipped`` as (path, reason) when a list is given."""
     paths: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            paths.extend(sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".") and is_image(q)))
+            for q in sorted(q for q in p.rglob("*") if q.is_file()):
+                reason = _why_skipped(q)
+                if reason is None:
+                    paths.append(q)
+                elif skipped is not None:
+                    skipped.append((q, reason))
         else:
             paths.append(p)
     return paths
+
+
+def report_skipped(skipped: list[tuple[Path, str]], verbose: bool, stream=None) -> None:
+    """One line on stderr with the count of files left out of folders, by reason; with ``verbose``,
+    one line per file (its path as found on disk, never a value read from the file)."""
+    stream = stream or sys.stderr
+    if not skipped:
+        return
+    by_reason: dict[str, int] = {}
+    for _, reason in skipped:
+        key = reason.split(" (")[0].split(":")[0]
+        by_reason[key] = by_reason.get(key, 0) + 1
+    parts = ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
+    print(f"note: {len(skipped)} file(s) in the folder(s) given were skipped: {parts}"
+          + ("" if verbose else " (-v lists them)"), file=stream)
+    if verbose:
+        for path, reason in skipped:
+            print(f"note: skipped {path}: {reason}", file=stream)
 
 
 def safe_stem(path: Path) -> str:
@@ -82,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = Pipeline(bundle, backend, heatmap=args.heatmap, score_ineligible=args.score_ineligible)
     used: set[str] = set()
     all_ok = True
+    skipped: list[tuple[Path, str]] = []
+    paths = expand_inputs(args.inputs, skipped)
+    report_skipped(skipped, args.verbose)
     with backend:
-        for path in expand_inputs(args.inputs):
+        for path in paths:
             overlay = None
             if out:
                 stem = safe_stem(path)

@@ -81,14 +81,16 @@ def pelvis_like(rows: int = 700, cols: int = 1000, centre: float = 0.5, seed: in
 
 
 
-def write_dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
-    """An uncompressed Digital X-Ray DICOM (explicit VR little endian) with ``tags`` set."""
+def dicom_dataset(pixels: np.ndarray, bits: int | None = None, sop: str | None = None, **tags):
+    """An uncompressed DICOM data set (explicit VR little endian; a Digital X-Ray unless ``sop``)
+    holding ``pixels``: grey (rows x columns) or RGB (rows x columns x 3); signed for a signed dtype;
+    ``bits`` stored (default: all the allocated ones); ``tags`` set last."""
     from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPClassUID = sop or DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -100,17 +102,24 @@ def write_dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
     ds.Modality = "DX"
     ds.PatientName = "PHANTOM^TEST"
     ds.PatientID = "SYN0"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    bits = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsAllocated = ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if pixels.ndim == 3:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = "MONOCHROME2" if pixels.ndim == 2 else "RGB"
+    ds.BitsAllocated = 8 * pixels.dtype.itemsize
+    ds.BitsStored = bits or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     for key, value in tags.items():
         setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def write_dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
+    """An uncompressed Digital X-Ray DICOM (explicit VR little endian) with ``tags`` set."""
+    dicom_dataset(pixels, **tags).save_as(path, enforce_file_format=True)
     return path
 
 

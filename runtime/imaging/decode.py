@@ -13,25 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from hipcad.runtime.errors import BadInputError, InputTooLargeError
+from hipcad.runtime.imaging.colour import colour_content
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.radiograph import Radiograph
+from hipcad.runtime.imaging.sniff import HEAD_BYTES, not_an_image_hint, sniff
 
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+__all__ = ["HEAD_BYTES", "decode", "decode_raster", "sniff"]
 
-
-def sniff(head: bytes) -> str | None:
-    """'dicom' | 'jpeg' | 'png' | None from a file's first bytes (>= 132 of them)."""
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(JPEG_MAGIC):
-        return "jpeg"
-    if head.startswith(PNG_MAGIC):
-        return "png"
-    # DICOM without the 128-byte preamble: starts with a group 0x0002 or 0x0008 element tag.
-    if len(head) >= 8 and head[0:2] in (b"\x02\x00", b"\x08\x00") and head[4:6].isalpha():
-        return "dicom"
-    return None
+# Colour is measured on a copy of about this many pixels on its shorter side (DCT scaling for JPEG).
+_COLOUR_SIDE = 256
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 def decode(path: str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None) -> Radiograph:
@@ -45,7 +36,7 @@ def decode(path: str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS, min_s
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(HEAD_BYTES)
     except FileNotFoundError as err:
         raise BadInputError(f"file not found: {path.name}") from err
     except IsADirectoryError as err:
@@ -62,7 +53,7 @@ def decode(path: str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS, min_s
         return decode_dicom(path, limits, min_side)
     if kind in ("jpeg", "png"):
         return decode_raster(path, kind, limits, min_side)
-    raise BadInputError("not a DICOM, JPEG or PNG file (unrecognised content)")
+    raise BadInputError(not_an_image_hint(head))
 
 
 def decode_raster(path: Path, kind: str, limits: DecodeLimits, min_side: int | None = None) -> Radiograph:
@@ -74,6 +65,7 @@ def decode_raster(path: Path, kind: str, limits: DecodeLimits, min_side: int | N
             img = Image.open(path)
             cols, rows = img.size
             limits.check_dimensions(rows, cols)  # before a single pixel is decoded
+            colour = None if img.mode in _GREY_MODES else _raster_colour(path, kind, img)
             if kind == "jpeg" and min_side:
                 # draft() picks the largest DCT scale-down that keeps the image >= the asked size
                 scale = max(1.0, min(rows, cols) / min_side)
@@ -95,7 +87,22 @@ def decode_raster(path: Path, kind: str, limits: DecodeLimits, min_side: int | N
         pixels=np.ascontiguousarray(pixels),
         original_shape=(rows, cols),
         source_format=kind,
+        colour=colour,
     )
+
+
+def _raster_colour(path: Path, kind: str, img) -> dict:
+    """:func:`colour_content` of a colour JPEG / PNG, on a reduced copy (before the grey conversion)."""
+    from PIL import Image
+
+    cols, rows = img.size
+    k = max(1, min(rows, cols) // _COLOUR_SIDE)
+    if kind == "jpeg":  # a second, DCT-scaled decode in colour: the main one decodes straight to grey
+        with Image.open(path) as small:
+            small.draft("RGB", (max(1, cols // k), max(1, rows // k)))
+            return colour_content(np.asarray(small.convert("RGB")))
+    small = img.reduce(k) if k > 1 and img.mode in ("RGB", "RGBA") else img
+    return colour_content(np.asarray(small.convert("RGB")))
 
 
 def _to_gray(img):

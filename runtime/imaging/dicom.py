@@ -6,10 +6,13 @@ Order of work, so that nothing large is decoded before it is known to be sane:
    bounded, without keeping the output, to refuse a zip bomb before pydicom inflates it;
 2. header parsed by pydicom with large values deferred (pixel data is read only on use);
    a file without the 128-byte preamble / ``DICM`` is re-read with ``force=True`` and kept
-   only if it has pixel data;
-3. declared size checked (``DecodeLimits.check_dimensions``), the transfer syntax checked
-   against :mod:`hipcad.runtime.imaging.transfer_syntaxes`, native pixel data checked for truncation;
-4. only the first frame decoded (pydicom's decoder for the transfer syntax);
+   only if it has pixel data or says what it is (its SOP class); a file without pixel data
+   gets a message that names it (:mod:`.dicom_objects`: a DICOMDIR, a report, a truncated file);
+3. declared size of one frame checked (``DecodeLimits.check_dimensions``), the transfer syntax
+   checked against :mod:`hipcad.runtime.imaging.transfer_syntaxes`, native pixel data checked for
+   truncation; missing Samples per Pixel / Bits Stored / Pixel Representation defaulted, with a warning;
+4. only the first frame decoded, by the fastest pixel-exact decoder installed
+   (:mod:`.decoders`; JPEG 2000 / HTJ2K at reduced resolution by :mod:`.jpeg2000`);
 5. grayscale pipeline of DICOM PS3.4 (Annex N): modality LUT / rescale, then the first VOI
    LUT (preferred) or the first window (LINEAR, LINEAR_EXACT, SIGMOID), then MONOCHROME1
    inversion so that bone is bright; scaled to uint8.
@@ -50,6 +53,7 @@ import numpy as np
 from hipcad.runtime.errors import BadInputError, HipcadError, InputTooLargeError
 from hipcad.runtime.imaging import transfer_syntaxes
 from hipcad.runtime.imaging.dicom_display import GRAY, ROBUST_PERCENTILES, display_pixels
+from hipcad.runtime.imaging.dicom_objects import sop_class
 from hipcad.runtime.imaging.dicom_read import DicomPixels, check_source_type, read_dicom_pixels
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.quiet import quiet_decoding, safe_reason, withheld_messages
@@ -69,6 +73,9 @@ _METADATA_FIELDS = {
     "body_part": "BodyPartExamined",
     "view_position": "ViewPosition",
     "photometric_interpretation": "PhotometricInterpretation",
+    "image_type": "ImageType",
+    "presentation_intent_type": "PresentationIntentType",
+    "laterality": "Laterality",
 }
 _PATIENT_FIELDS = {
     "patient_name": "PatientName",
@@ -76,11 +83,9 @@ _PATIENT_FIELDS = {
     "patient_birth_date": "PatientBirthDate",
     "study_date": "StudyDate",
     "accession_number": "AccessionNumber",
+    "patient_age": "PatientAge",
 }
 
-# Body Part Examined values (or fragments of vendor free text) that fit an AP pelvis / hip.
-_PELVIS_WORDS = ("PELV", "HIP", "BECKEN", "HUEFTE", "HUFTE", "HANCHE", "BASSIN", "CADERA", "ANCA", "BACINO")
-_FRONTAL_VIEWS = ("AP", "PA")
 # --------------------------------------------------------------------------------------
 # Metadata
 
@@ -102,23 +107,30 @@ def _text(ds, keyword: str) -> str | None:
     return text if text != "" else None
 
 
-def _shown(value: str) -> str:
-    """``value`` quoted if it is a well-formed CS value, else a neutral word (it may be hostile)."""
-    ok = 0 < len(value) <= 16 and all(ch.isupper() or ch.isdigit() or ch in " _" for ch in value)
-    return f"'{value}'" if ok else "an unexpected value"
+def _pixel_spacing(ds) -> list[float] | None:
+    """[row, column] spacing in mm: Imager Pixel Spacing (at the detector, what a projection
+    radiograph has), else Pixel Spacing; None when absent or not two positive numbers."""
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        try:
+            value = ds.get(keyword, None)
+            if value is None or isinstance(value, (str, bytes)) or len(value) != 2:
+                continue
+            spacing = [float(v) for v in value]
+        except Exception:  # noqa: BLE001 - a malformed value: try the next, else None
+            continue
+        if all(np.isfinite(v) and v > 0 for v in spacing):
+            return spacing
+    return None
 
 
-def _content_warnings(metadata: dict) -> list[str]:
-    warns = []
-    body_part = metadata.get("body_part")
-    if body_part is not None:
-        letters = "".join(ch for ch in body_part.upper() if ch.isalpha())
-        if not any(word in letters for word in _PELVIS_WORDS):
-            warns.append(f"Body Part Examined is {_shown(body_part)}, not a pelvis or hip")
-    view = metadata.get("view_position")
-    if view is not None and view.strip().upper() not in _FRONTAL_VIEWS:
-        warns.append(f"View Position is {_shown(view)}, not AP or PA")
-    return warns
+def _metadata(ds, header) -> dict:
+    metadata = {key: _text(ds, keyword) for key, keyword in _METADATA_FIELDS.items()}
+    metadata["transfer_syntax"] = str(ds.file_meta.TransferSyntaxUID)
+    metadata["sop_class_uid"] = sop_class(ds) or None
+    metadata["number_of_frames"] = header.frames
+    metadata["samples_per_pixel"] = header.samples
+    metadata["pixel_spacing_mm"] = _pixel_spacing(ds)
+    return metadata
 
 
 # --------------------------------------------------------------------------------------
@@ -162,9 +174,8 @@ def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | 
             k = min(decoded.stored.shape[:2]) // min_side if min_side else 1
             if k >= 2 and decoded.stored.ndim == 2 and decoded.stored.dtype.kind in "ui" and header.photometric in GRAY:
                 decoded.stored = bin_stored(decoded.stored, k)
-            pixels, more = display_pixels(decoded)
-            metadata = {key: _text(ds, keyword) for key, keyword in _METADATA_FIELDS.items()}
-            metadata["transfer_syntax"] = str(ds.file_meta.TransferSyntaxUID)
+            pixels, more, colour = display_pixels(decoded)
+            metadata = _metadata(ds, header)
             patient = {key: _text(ds, keyword) for key, keyword in _PATIENT_FIELDS.items()}
         except HipcadError:
             raise
@@ -172,7 +183,7 @@ def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | 
             raise InputTooLargeError("not enough memory to decode the DICOM file") from err
         except Exception as err:  # anything pydicom/numpy raised that the steps above did not name
             raise BadInputError(f"cannot read the DICOM file: {safe_reason(err)}") from err
-    warns += more + _content_warnings(metadata)
+    warns += more
     codec = transfer_syntaxes.SUPPORTED[metadata["transfer_syntax"]]
     dropped = withheld_messages()
     log.debug(
@@ -191,4 +202,5 @@ def decode_dicom(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | 
         metadata=metadata,
         patient=patient,
         warnings=warns,
+        colour=colour,
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hipcad.runtime.errors import BadInputError, HipcadError, InputTooLargeError
+from hipcad.runtime.imaging.colour import colour_content
 from hipcad.runtime.imaging.quiet import safe_reason
 
 if TYPE_CHECKING:
@@ -191,7 +192,8 @@ def _grayscale(stored: np.ndarray, ds, header: ImageHeader, little_endian: bool,
     return _gray_pipeline(stored, ds, little_endian, warns, lambda: None)
 
 
-def _color(stored: np.ndarray, ds, header: ImageHeader, photometric: str, warns: list[str]) -> np.ndarray:
+def _color(stored: np.ndarray, ds, header: ImageHeader, photometric: str, warns: list[str]) -> tuple[np.ndarray, dict]:
+    """(grey uint8, colour statistics measured before the conversion)."""
     if photometric == "PALETTE COLOR":
         from pydicom.pixels.processing import apply_color_lut
 
@@ -200,6 +202,7 @@ def _color(stored: np.ndarray, ds, header: ImageHeader, photometric: str, warns:
     else:
         rgb = stored
         top = float((1 << min(header.bits_stored, 8 * stored.dtype.itemsize)) - 1)
+    colour = colour_content(rgb, photometric, top=top)
     warns.append(f"color DICOM ({photometric}) converted to grayscale")
     if photometric.startswith("YBR"):  # not converted to RGB by the decoder: Y is the luminance
         gray = rgb[..., 0].astype(np.float32)
@@ -207,31 +210,33 @@ def _color(stored: np.ndarray, ds, header: ImageHeader, photometric: str, warns:
         gray = rgb[..., 0].astype(np.float32) * np.float32(0.299)
         gray += rgb[..., 1].astype(np.float32) * np.float32(0.587)
         gray += rgb[..., 2].astype(np.float32) * np.float32(0.114)
-    return _to_uint8(gray, 0.0, top, invert=False)
+    return _to_uint8(gray, 0.0, top, invert=False), colour
 
 
-def display_pixels(decoded: DicomPixels) -> tuple[np.ndarray, list[str]]:
-    """The display pipeline on decoded stored values: returns (2-D uint8 with bone bright, warnings)."""
+def display_pixels(decoded: DicomPixels) -> tuple[np.ndarray, list[str], dict | None]:
+    """The display pipeline on decoded stored values: returns (2-D uint8 with bone bright, warnings,
+    colour statistics of a colour image measured before its grey conversion, else None)."""
     from pydicom.uid import UID
 
     warns: list[str] = []
     ds, stored, header = decoded.dataset, decoded.stored, decoded.header
     photometric = str(decoded.properties.get("photometric_interpretation", header.photometric)).strip().upper()
+    colour = None
     try:
         if stored.ndim == 2:
             if photometric == "PALETTE COLOR":
-                pixels = _color(stored, ds, header, photometric, warns)
+                pixels, colour = _color(stored, ds, header, photometric, warns)
             else:
                 little_endian = UID(str(decoded.transfer_syntax)).is_little_endian
                 pixels = _grayscale(stored, ds, header, little_endian, warns)
         else:
-            pixels = _color(stored, ds, header, photometric, warns)
+            pixels, colour = _color(stored, ds, header, photometric, warns)
     except HipcadError:
         raise
     except MemoryError as err:
         raise InputTooLargeError("not enough memory to convert the pixel data") from err
     except Exception as err:
         raise BadInputError(f"cannot apply the DICOM grayscale pipeline: {safe_reason(err)}") from err
-    return np.ascontiguousarray(pixels), warns
+    return np.ascontiguousarray(pixels), warns, colour
 
 

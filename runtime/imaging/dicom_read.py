@@ -15,14 +15,16 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from hipcad.runtime.errors import BadInputError, CodecUnavailableError, HipcadError, InputTooLargeError
-from hipcad.runtime.imaging import transfer_syntaxes
+from hipcad.runtime.imaging import decoders, transfer_syntaxes
 from hipcad.runtime.imaging.dicom_display import GRAY
+from hipcad.runtime.imaging.dicom_objects import no_pixel_data_message, says_what_it_is, truncation_message
 from hipcad.runtime.imaging.jpeg2000 import decode_j2k_reduced
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
-from hipcad.runtime.imaging.quiet import safe_reason
+from hipcad.runtime.imaging.quiet import safe_reason, set_patient_values
 
 # Element values larger than this are read from the file only when used (the pixel data).
 _DEFER_SIZE = 256 * 1024
+
 
 def check_source_type(source) -> None:
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
@@ -101,14 +103,15 @@ def _read_dataset(fp: BinaryIO, warns: list[str]):
         first_error = err
     except Exception as err:
         raise BadInputError(f"cannot parse the DICOM header: {safe_reason(err)}") from err
-    # No 128-byte preamble / "DICM": accept only what parses to an image.
+    # No 128-byte preamble / "DICM": accept only what parses to an image, or to an object that
+    # says what it is (then the caller says so).
     try:
         fp.seek(0)
         ds = dcmread(fp, defer_size=_DEFER_SIZE, force=True)
-        is_image = "PixelData" in ds and "Rows" in ds and "Columns" in ds
+        is_dicom = says_what_it_is(ds)
     except Exception:
-        is_image = False
-    if not is_image:
+        is_dicom = False
+    if not is_dicom:
         raise BadInputError("not a DICOM file") from first_error
     warns.append("the file lacks the DICOM preamble and 'DICM' prefix; it was read anyway")
     return ds
@@ -150,11 +153,11 @@ def _int(ds, keyword: str, default: int | None = None) -> int:
 class ImageHeader:
     """The image-pixel values that drive decoding, validated."""
 
-    def __init__(self, ds, warns: list[str]) -> None:
+    def __init__(self, ds, warns: list[str], fp: BinaryIO | None = None) -> None:
         if "PixelData" not in ds:
             if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
                 raise BadInputError("DICOM has float pixel data, which hipcad does not read")
-            raise BadInputError("DICOM has no pixel data")
+            raise BadInputError(no_pixel_data_message(ds, fp))
         try:
             self.rows = _int(ds, "Rows")
             self.cols = _int(ds, "Columns")
@@ -168,6 +171,16 @@ class ImageHeader:
             raise
         except Exception as err:
             raise BadInputError(f"invalid DICOM image header: {safe_reason(err)}") from err
+        # Type 1 elements that old exports leave out, read above with their only sane default:
+        # written into the data set, because pydicom's decoders need them.
+        for keyword, label, value in (
+            ("SamplesPerPixel", "Samples per Pixel", self.samples),
+            ("PixelRepresentation", "Pixel Representation", self.signed),
+            ("BitsStored", "Bits Stored", self.bits_stored),
+        ):
+            if ds.get(keyword, None) in (None, ""):
+                setattr(ds, keyword, value)
+                warns.append(f"the file has no {label}; {value} assumed")
         if self.samples not in (1, 3):
             raise BadInputError(f"unsupported Samples per Pixel {self.samples}")
         if self.bits_allocated not in (1, 8, 16, 32):
@@ -212,49 +225,63 @@ def read_dicom_pixels(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: i
     """
     check_source_type(source)
     warns: list[str] = []
+    set_patient_values(None)  # no header yet: library messages keep only library words
     with _open_source(source, limits) as fp:
         _guard_deflate(fp, limits)
         ds = _read_dataset(fp, warns)
+        set_patient_values(ds)  # from now on exactly the patient's values are blanked
         try:
             ts = _transfer_syntax(ds)
         except Exception as err:
             raise BadInputError(f"invalid DICOM file meta information: {safe_reason(err)}") from err
-        header = ImageHeader(ds, warns)
-        limits.check_dimensions(header.rows, header.cols, header.frames, header.samples)
+        header = ImageHeader(ds, warns, fp)
+        # Only the first frame is decoded: the size limits apply to one frame (the file as a
+        # whole is bounded by max_file_bytes).
+        limits.check_dimensions(header.rows, header.cols, 1, header.samples)
         message = transfer_syntaxes.unavailable_message(ts)
         if message:
             raise CodecUnavailableError(message)
         codec = transfer_syntaxes.SUPPORTED[str(ts)]
         factor = min(header.rows, header.cols) // min_side if min_side else 0
         reduced = decode_j2k_reduced(ds, ts, header, factor.bit_length() - 1) if factor >= 2 else None
-        stored, props = reduced if reduced is not None else _decode_first_frame(ds, ts, codec, header)
+        stored, props = reduced if reduced is not None else _decode_first_frame(ds, ts, codec, header, fp, warns)
     if header.frames > 1:
-        warns.append(f"multi-frame DICOM ({header.frames} frames): only the first frame is used")
+        warns.append(f"multi-frame DICOM ({header.frames} frames of {header.cols} x {header.rows}): "
+                     "only the first frame is used")
     return DicomPixels(ds, stored, props, header, ts, warns)
 
 
-
-
-def _decode_first_frame(ds, ts, codec, header: ImageHeader):
-    from pydicom.pixels import get_decoder
-    from pydicom.pixels.utils import get_expected_length
-
+def _decode_first_frame(ds, ts, codec, header: ImageHeader, fp: BinaryIO, warns: list[str]):
     try:
         data = ds.PixelData  # reads deferred pixel data now
     except Exception as err:
         raise BadInputError(f"cannot read the pixel data: {safe_reason(err)}") from err
     if data is None or len(data) == 0:
-        raise BadInputError("DICOM has no pixel data (the Pixel Data element is empty)")
+        raise BadInputError(truncation_message(ds, fp) or "DICOM has no pixel data (the Pixel Data element is empty)")
     if not ts.is_encapsulated:
-        expected = get_expected_length(ds, "bytes")
-        if len(data) < expected:
-            raise BadInputError(f"pixel data truncated: expected {expected} bytes, found {len(data)}")
+        from pydicom.pixels.utils import get_expected_length
+
+        try:  # pydicom's count (it knows YBR_FULL_422's 2 bytes per pixel and 1-bit packing)
+            frame_bytes = -(-get_expected_length(ds, "bytes") // header.frames)
+        except Exception as err:
+            raise BadInputError(f"invalid DICOM image header: {safe_reason(err)}") from err
+        if len(data) < frame_bytes:
+            first = " for the first frame" if header.frames > 1 else ""
+            raise BadInputError(f"pixel data truncated: expected {frame_bytes} bytes{first}, found {len(data)}")
+        if len(data) < frame_bytes * header.frames and header.bits_allocated > 1:
+            # pydicom refuses pixel data shorter than all frames: keep the first, whole frame
+            ds.PixelData, ds.NumberOfFrames = bytes(data[:frame_bytes]), 1
+            warns.append("the file is truncated after its first frame (only the first frame is used)")
     try:
-        arr, props = get_decoder(ts).as_array(ds, index=0)
+        arr, props = decoders.decode_frame(ds, ts)
     except MemoryError as err:
         raise InputTooLargeError("not enough memory to decode the pixel data") from err
     except Exception as err:
-        raise BadInputError(f"cannot decode {codec.name} pixel data: {safe_reason(err)}") from err
+        fixed = decoders.decode_fixed_jpeg(ds, ts, header.frames)
+        if fixed is None:
+            raise BadInputError(f"cannot decode {codec.name} pixel data: {safe_reason(err)}") from err
+        arr, props = fixed
+        warns.append(decoders.SOS_QUIRK_WARNING)
     expected_shape = (header.rows, header.cols) if header.samples == 1 else (header.rows, header.cols, 3)
     if arr.shape != expected_shape:
         raise BadInputError(
@@ -263,5 +290,3 @@ def _decode_first_frame(ds, ts, codec, header: ImageHeader):
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr, props
-
-

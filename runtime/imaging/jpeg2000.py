@@ -1,10 +1,17 @@
-"""JPEG 2000 frames decoded at reduced resolution from their wavelet levels (Pillow's OpenJPEG
-``reduce``), for radiographs much larger than the model and the overlay need.
+"""JPEG 2000 and HTJ2K frames decoded at reduced resolution from their wavelet levels (Pillow's
+OpenJPEG ``reduce``), for radiographs much larger than the model and the overlay need.
+
+OpenJPEG decodes code blocks in parallel when its ``OPJ_NUM_THREADS`` environment variable asks
+for threads (read when each decoder is created). hipcad sets it, unless it is already set, to the
+number of CPUs this process may use, at most :data:`MAX_THREADS`; set ``OPJ_NUM_THREADS=1`` in
+the service's environment to keep decoding on one core.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,7 +21,20 @@ from hipcad.runtime.imaging.dicom_display import GRAY
 if TYPE_CHECKING:
     from hipcad.runtime.imaging.dicom_read import ImageHeader
 
-J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
+                "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")  # HTJ2K
+MAX_THREADS = 4
+
+
+_threads_lock = threading.Lock()
+
+
+def _threads() -> None:
+    """Set ``OPJ_NUM_THREADS`` once, before the first reduced decode, unless the environment has it."""
+    with _threads_lock:
+        if "OPJ_NUM_THREADS" not in os.environ:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            os.environ["OPJ_NUM_THREADS"] = str(max(1, min(MAX_THREADS, cpus)))
 
 
 def decode_j2k_reduced(ds, ts, header: ImageHeader, reduce: int):
@@ -24,11 +44,10 @@ def decode_j2k_reduced(ds, ts, header: ImageHeader, reduce: int):
     JPEG 2000 stores its image as wavelet levels: Pillow's OpenJPEG decoder can stop before the
     finest ones (``Image.reduce``), which for a 10-megapixel radiograph takes a quarter of the
     time of a full decode and gives the wavelet's own low-pass image. Anything unusual (signed or
-    colour data, more than one frame, a codestream Pillow refuses, a size that does not match
-    the header) goes the full way, where errors are reported.
+    colour data, a codestream Pillow refuses, a size that does not match the header) goes the
+    full way, where errors are reported. Of a multi-frame image, the first frame.
     """
-    if (str(ts) not in J2K_SYNTAXES or header.photometric not in GRAY or header.samples != 1 or header.signed
-            or header.frames != 1):
+    if str(ts) not in J2K_SYNTAXES or header.photometric not in GRAY or header.samples != 1 or header.signed:
         return None
     # Pillow sizes a reduced image as (n + p/2) // p, OpenJPEG decodes ceil(n / p): take a level
     # where they agree (else Pillow reports a broken stream)
@@ -40,7 +59,7 @@ def decode_j2k_reduced(ds, ts, header: ImageHeader, reduce: int):
     from pydicom.encaps import generate_frames
 
     try:  # Pillow's DecompressionBombWarning is silenced by quiet_decoding(); our limits were checked on the header
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        frame = next(generate_frames(ds.PixelData, number_of_frames=header.frames))
         precision = j2k_precision(frame)
         if precision is None or not (precision == 8 if header.bits_allocated <= 8 else 9 <= precision <= 16):
             return None
@@ -48,6 +67,7 @@ def decode_j2k_reduced(ds, ts, header: ImageHeader, reduce: int):
         if image.size != (header.cols, header.rows) or image.mode not in ("L", "I;16"):
             return None
         image.reduce = reduce
+        _threads()
         image.load()
         arr = np.asarray(image)
     except Exception:  # noqa: BLE001 - the full path decodes it or says what is wrong

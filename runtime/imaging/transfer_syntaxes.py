@@ -2,10 +2,11 @@
 
 Decoding itself is pydicom's: every compressed transfer syntax is handled by one of pydicom's
 decoder plugins (``pydicom.pixels.get_decoder(uid)``), which in turn needs a third-party
-package (pylibjpeg + its libjpeg / openjpeg plugins, pyjpegls, pillow or gdcm). This module
-is the single table of what hipcad accepts, what each entry needs, and whether that is
-installed here, so that :mod:`hipcad.runtime.imaging.dicom` can refuse a file with a message that
-says exactly what to install, and a health check can list the state of every codec.
+package (pylibjpeg + its libjpeg / openjpeg plugins, pyjpegls, imagecodecs, pillow or gdcm);
+:mod:`hipcad.runtime.imaging.decoders` picks the fastest pixel-exact one. This module is the
+single table of what hipcad accepts, what each entry needs, whether that is installed here and
+which plugin decodes it, so that :mod:`hipcad.runtime.imaging.dicom` can refuse a file with a
+message that says exactly what to install, and a health check can list the state of every codec.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom import uid as _uid
+
+from hipcad.runtime.imaging.decoders import plugin_in_use, register_plugins
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class CodecStatus:
     lossy: bool
     available: bool
     plugins: tuple[str, ...]  # pydicom decoder plugins usable now (empty for native: none needed)
+    decoder: str | None  # the plugin that decodes it here (the preferred one when installed), None for native
     install: str | None  # what to run when it is not available, else None
     missing: tuple[str, ...]  # pydicom's own description of the missing dependencies
 
@@ -54,12 +58,16 @@ SUPPORTED: dict[str, Codec] = {
         Codec(_uid.ExplicitVRBigEndian, "Explicit VR Big Endian", False),
         Codec(_uid.JPEGBaseline8Bit, "JPEG Baseline (8-bit)", True, _LIBJPEG, "pillow"),
         Codec(_uid.JPEGExtended12Bit, "JPEG Extended (12-bit)", True, _LIBJPEG, "pillow for 8-bit data"),
-        Codec(_uid.JPEGLossless, "JPEG Lossless (Process 14)", False, _LIBJPEG, "python-gdcm"),
-        Codec(_uid.JPEGLosslessSV1, "JPEG Lossless (Process 14, SV1)", False, _LIBJPEG, "python-gdcm"),
-        Codec(_uid.JPEGLSLossless, "JPEG-LS Lossless", False, _LIBJPEG, "pyjpegls"),
-        Codec(_uid.JPEGLSNearLossless, "JPEG-LS Near-Lossless", True, _LIBJPEG, "pyjpegls"),
+        Codec(_uid.JPEGLossless, "JPEG Lossless (Process 14)", False, _LIBJPEG, "imagecodecs or python-gdcm"),
+        Codec(_uid.JPEGLosslessSV1, "JPEG Lossless (Process 14, SV1)", False, _LIBJPEG, "imagecodecs or python-gdcm"),
+        Codec(_uid.JPEGLSLossless, "JPEG-LS Lossless", False, ("pyjpegls",), "pylibjpeg pylibjpeg-libjpeg"),
+        Codec(_uid.JPEGLSNearLossless, "JPEG-LS Near-Lossless", True, ("pyjpegls",), "pylibjpeg pylibjpeg-libjpeg"),
         Codec(_uid.JPEG2000Lossless, "JPEG 2000 Lossless", False, _OPENJPEG, "pillow"),
         Codec(_uid.JPEG2000, "JPEG 2000", True, _OPENJPEG, "pillow"),
+        # HTJ2K (2023): OpenJPEG >= 2.5 (pylibjpeg-openjpeg >= 2.0) and OpenJPH (imagecodecs) decode it.
+        Codec(_uid.HTJ2KLossless, "HTJ2K Lossless", False, _OPENJPEG, "imagecodecs"),
+        Codec(_uid.HTJ2KLosslessRPCL, "HTJ2K Lossless RPCL", False, _OPENJPEG, "imagecodecs"),
+        Codec(_uid.HTJ2K, "HTJ2K", True, _OPENJPEG, "imagecodecs"),
         # pydicom's own (numpy) RLE decoder always works; pylibjpeg-rle is faster.
         Codec(_uid.RLELossless, "RLE Lossless", False, ("pylibjpeg", "pylibjpeg-rle")),
     )
@@ -80,7 +88,9 @@ def status_for(uid: str) -> CodecStatus | None:
     codec = SUPPORTED.get(str(uid))
     if codec is None:
         return None
+    register_plugins()
     dec = _decoder(codec.uid)
+    decoder = None
     if dec is None:  # pydicom without a decoder for it at all
         available, plugins, missing = False, (), ("this pydicom has no decoder for it",)
     elif not dec.is_encapsulated:
@@ -89,12 +99,13 @@ def status_for(uid: str) -> CodecStatus | None:
         available = bool(dec.is_available)
         plugins = tuple(dec.available_plugins)
         missing = tuple(dec.missing_dependencies)
+        decoder = plugin_in_use(codec.uid)
     install = None
     if not available:
         install = "pip install " + " ".join(codec.install) if codec.install else "pip install --upgrade pydicom"
         if codec.alternatives:
             install += f" (or {codec.alternatives})"
-    return CodecStatus(codec.uid, codec.name, codec.lossy, available, plugins, install, missing)
+    return CodecStatus(codec.uid, codec.name, codec.lossy, available, plugins, decoder, install, missing)
 
 
 def codec_status() -> list[CodecStatus]:
@@ -109,8 +120,8 @@ def unavailable_message(uid: str) -> str | None:
     """
     status = status_for(uid)
     if status is None:
-        shown = _safe_uid(uid)
-        known = _known_name(uid)
+        shown = safe_uid(uid)
+        known = known_uid_name(uid)
         if known:
             what = f"{known} ({shown})"
         else:
@@ -121,15 +132,15 @@ def unavailable_message(uid: str) -> str | None:
     return f"no decoder for {status.name} ({status.uid}) is installed; install it with: {status.install}"
 
 
-def _safe_uid(uid: object) -> str:
+def safe_uid(uid: object) -> str:
     text = str(uid)
     if 0 < len(text) <= 64 and all(ch.isdigit() or ch == "." for ch in text):
         return text
     return ""
 
 
-def _known_name(uid: object) -> str:
-    text = _safe_uid(uid)
+def known_uid_name(uid: object) -> str:
+    text = safe_uid(uid)
     if not text:
         return ""
     name = _uid.UID(text).name

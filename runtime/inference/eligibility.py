@@ -69,8 +69,10 @@ _MODALITY_NAMES = {
 }
 
 
-def _age_years(metadata: dict) -> float | None:
-    age = metadata.get("patient_age")
+def _age_years(patient: dict) -> float | None:
+    """Patient's Age (``081Y``, ``006M``...) in years; it is patient data: never shown or logged
+    beyond the check's own value."""
+    age = patient.get("patient_age")
     if age:
         m = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", str(age).upper())
         if m:
@@ -84,8 +86,10 @@ def _letters(text: str) -> str:
 
 
 def _shown(value) -> str:
-    v = str(value)
-    ok = 0 < len(v) <= 64 and all(ch.isalnum() or ch in " _.-\\" for ch in v)
+    """``value`` quoted if it is a well-formed code string (upper case, digits, space, underscore,
+    at most 16 characters), else a neutral word: it may be hostile, or a patient's name."""
+    v = str(value).strip()
+    ok = 0 < len(v) <= 16 and all(ch.isupper() or ch.isdigit() or ch in " _" for ch in v)
     return f"'{v}'" if ok else "an unexpected value"
 
 
@@ -213,7 +217,7 @@ def assess(radiograph: Radiograph, intended_use: dict, midline: Midline | None) 
             check("field_of_view", True, None)
     else:
         check("field_of_view", True, None)
-    age = _age_years(md)
+    age = _age_years(radiograph.patient)
     if age is not None:
         check("age", age >= iu["min_age_years"], round(age, 1),
               f"the patient is {age:.0f} years old; the model was trained on adults aged "

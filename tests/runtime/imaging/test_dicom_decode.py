@@ -509,10 +509,23 @@ def test_huge_declared_size_refused_before_decoding(tmp_path, monkeypatch):
         decode_dicom(path)
     with pytest.raises(InputTooLargeError):
         decode_dicom(read_bytes(path))
-    # Under the pixel limit but too many frames.
-    ds = make_ds(phantom(12), 12, NumberOfFrames=5000)
-    with pytest.raises(InputTooLargeError, match="frame"):
+    # One frame over the limit: refused before decoding, however few frames.
+    ds = make_ds(phantom(12)[:10, :10], 12, NumberOfFrames=2)
+    ds.Rows, ds.Columns = 9000, 9000
+    with pytest.raises(InputTooLargeError, match="81 megapixels"):
         decode_dicom(save(ds, tmp_path / "frames.dcm"))
+
+
+def test_multiframe_size_limit_is_per_frame(tmp_path):
+    """Only the first frame is decoded: many frames of a sane size are read (a warning says so)."""
+    arr = phantom(12)
+    ds = make_ds(np.concatenate([arr] * 3), 12, NumberOfFrames=3)
+    ds.Rows, ds.Columns = arr.shape
+    limits = DecodeLimits(max_pixels=2 * ROWS * COLS)  # 3 frames would be over, one is not
+    rad = decode_dicom(save(ds, tmp_path / "frames.dcm"), limits)
+    assert_geometry(rad.pixels)
+    assert any("3 frames" in w and "only the first frame" in w for w in rad.warnings)
+    assert rad.metadata["number_of_frames"] == 3
 
 
 def test_file_size_limit(tmp_path):
@@ -677,7 +690,7 @@ def test_codec_status_table():
         UID.ImplicitVRLittleEndian, UID.ExplicitVRLittleEndian, UID.ExplicitVRBigEndian,
         UID.DeflatedExplicitVRLittleEndian, UID.JPEGBaseline8Bit, UID.JPEGExtended12Bit,
         UID.JPEGLossless, UID.JPEGLosslessSV1, UID.JPEGLSLossless, UID.JPEGLSNearLossless,
-        UID.JPEG2000Lossless, UID.JPEG2000, UID.RLELossless,
+        UID.JPEG2000Lossless, UID.JPEG2000, UID.HTJ2KLossless, UID.HTJ2KLosslessRPCL, UID.HTJ2K, UID.RLELossless,
     }  # fmt: skip
     assert uids == expected
     for s in table:
@@ -691,7 +704,9 @@ def test_codec_status_table():
 
 
 def test_metadata_and_patient_fields(tmp_path):
-    rad = decode_dicom(save(make_ds(phantom(12), 12), tmp_path / "m.dcm"))
+    ds = make_ds(phantom(12), 12, ImageType=["ORIGINAL", "PRIMARY"], PresentationIntentType="FOR PRESENTATION",
+                 Laterality="R", ImagerPixelSpacing=[0.139, "0.14"], PixelSpacing=[0.2, 0.2], PatientAge="071Y")
+    rad = decode_dicom(save(ds, tmp_path / "m.dcm"))
     assert set(METADATA_KEYS) <= set(rad.metadata) and set(PATIENT_KEYS) <= set(rad.patient)
     assert rad.metadata == {
         "sop_instance_uid": "1.2.826.0.1.3680043.10.1234.1",
@@ -704,6 +719,13 @@ def test_metadata_and_patient_fields(tmp_path):
         "view_position": "AP",
         "photometric_interpretation": "MONOCHROME2",
         "transfer_syntax": UID.ExplicitVRLittleEndian,
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1.1",
+        "image_type": "ORIGINAL\\PRIMARY",
+        "presentation_intent_type": "FOR PRESENTATION",
+        "number_of_frames": 1,
+        "laterality": "R",
+        "pixel_spacing_mm": [0.139, 0.14],  # the detector's spacing, not Pixel Spacing
+        "samples_per_pixel": 1,
     }
     assert rad.patient == {
         "patient_name": "Doe^Jane",
@@ -711,9 +733,24 @@ def test_metadata_and_patient_fields(tmp_path):
         "patient_birth_date": "19400101",
         "study_date": "20240102",
         "accession_number": "ACC9",
+        "patient_age": "071Y",
     }
-    assert all(type(v) is str for v in (*rad.metadata.values(), *rad.patient.values()))
+    assert all(type(v) is str for v in rad.patient.values())
+    assert rad.colour is None  # a grey source
     assert rad.warnings == []
+
+
+def test_pixel_spacing_falls_back_and_refuses_nonsense(tmp_path):
+    ds = make_ds(phantom(12), 12, PixelSpacing=[0.2, 0.25])
+    assert decode_dicom(save(ds, tmp_path / "a.dcm")).metadata["pixel_spacing_mm"] == [0.2, 0.25]
+    ds = make_ds(phantom(12), 12, ImagerPixelSpacing=[0, 0.1])
+    assert decode_dicom(save(ds, tmp_path / "b.dcm")).metadata["pixel_spacing_mm"] is None
+
+
+def test_sop_class_from_the_file_meta_when_the_data_set_lacks_it(tmp_path):
+    ds = make_ds(phantom(12), 12)
+    del ds.SOPClassUID
+    assert decode_dicom(save(ds, tmp_path / "m.dcm")).metadata["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.1.1"
 
 
 def test_missing_metadata_is_none(tmp_path):
@@ -722,7 +759,8 @@ def test_missing_metadata_is_none(tmp_path):
         delattr(ds, keyword)
     del ds.PatientName, ds.AccessionNumber
     rad = decode_dicom(save(ds, tmp_path / "m.dcm"))
-    for key in ("patient_orientation", "image_laterality", "body_part", "view_position"):
+    for key in ("patient_orientation", "image_laterality", "body_part", "view_position", "image_type",
+                "presentation_intent_type", "laterality", "pixel_spacing_mm"):
         assert rad.metadata[key] is None
     assert rad.patient["patient_name"] is None and rad.patient["accession_number"] is None
     assert rad.warnings == []
@@ -771,8 +809,12 @@ def test_hostile_strings_stored_verbatim_never_logged(tmp_path, caplog):
     assert rad.metadata["study_instance_uid"] == "1.2<img src=x onerror=alert(1)>"
     assert rad.patient["patient_id"] == "../../../root"
     assert rad.metadata["body_part"] == "<b>CHEST</b>"
-    # The body-part warning does not quote a value that is not a well-formed code string.
-    assert rad.warnings == ["Body Part Examined is an unexpected value, not a pelvis or hip"]
+    # The eligibility check's reason does not quote a value that is not a well-formed code string.
+    from hipcad.runtime.inference.eligibility import assess
+    from hipcad.runtime.model.bundle import load_bundle
+
+    reasons = assess(rad, load_bundle().intended_use, None).reasons
+    assert "Body Part Examined is an unexpected value, not a pelvis or hip" in reasons
     assert any(r.name == "hipcad.runtime.imaging.dicom" for r in caplog.records)  # the capture works
     for record in caplog.records:
         text = record.getMessage()

@@ -131,3 +131,50 @@ def test_tampered_onnx_is_refused(b4_bundle, inputs, tmp_path):
         fh.write(b"\0" * 10)
     proc = run_cli("predict", str(inputs["good"][0]), "--model", str(copy), "--backend", "onnxruntime")
     assert proc.returncode == 2 and "does not match its manifest" in proc.stderr
+
+
+def _folder_with_other_files(root):
+    folder = root / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(phantom(4403, 0, size=(800, 500))[0]).save(folder / "sub" / "good.png")
+    write_dicom(folder / "good.dcm", phantom(4403, 1, size=(900, 600))[0].astype(np.uint16) * 16, PatientOrientation=["L", "F"])
+    (folder / "labels.csv").write_text("id,label\n1,0\n")
+    (folder / "notes.gz").write_bytes(b"\x1f\x8b\x08" + bytes(100))
+    (folder / ".DS_Store").write_bytes(b"\0" * 10)
+    (folder / "empty").write_bytes(b"")
+    (folder / "DICOMDIR").write_bytes((folder / "good.dcm").read_bytes()[:400])
+    return folder
+
+
+def test_folder_expansion_lists_what_it_skips(tmp_path):
+    import io
+
+    from hipcad.runtime.predict import expand_inputs, report_skipped
+
+    folder = _folder_with_other_files(tmp_path)
+    skipped: list = []
+    assert expand_inputs([str(folder)], skipped) == [folder / "good.dcm", folder / "sub" / "good.png"]
+    reasons = {path.name: reason for path, reason in skipped}
+    assert set(reasons) == {"labels.csv", "notes.gz", ".DS_Store", "empty", "DICOMDIR"}
+    assert reasons["notes.gz"].startswith("a gzip-compressed file") and reasons["empty"] == "empty file"
+    assert reasons["labels.csv"].startswith("not a DICOM, JPEG or PNG")
+    stream = io.StringIO()
+    report_skipped(skipped, verbose=False, stream=stream)
+    assert stream.getvalue().count("\n") == 1 and "5 file(s)" in stream.getvalue() and "-v lists them" in stream.getvalue()
+    stream = io.StringIO()
+    report_skipped(skipped, verbose=True, stream=stream)
+    assert all(f"{folder / name}" in stream.getvalue() for name in reasons)
+    # files named on the command line are always read (and reported), whatever they hold
+    assert expand_inputs([str(folder / "labels.csv")], skipped) == [folder / "labels.csv"]
+
+
+def test_predict_on_a_folder_says_what_it_skipped_and_nothing_else(tmp_path):
+    folder = _folder_with_other_files(tmp_path)
+    proc = run_cli("predict", "--json", str(folder))
+    names = [json.loads(line)["input"].rsplit("/", 1)[1] for line in proc.stdout.splitlines()]
+    assert names == ["good.dcm", "good.png"] and proc.returncode == 0, proc.stderr
+    stderr = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert all(line.startswith(("model:", "note:")) for line in stderr), stderr
+    assert sum("5 file(s) in the folder(s) given were skipped" in line for line in stderr) == 1
+    verbose = run_cli("predict", "-v", str(folder))
+    assert "labels.csv" in verbose.stderr and "notes.gz" in verbose.stderr and "DICOMDIR" in verbose.stderr
