@@ -767,22 +767,26 @@ def test_missing_metadata_is_none(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "body_part,view,warned",
+    "body_part,view,refused",
     [
-        ("CHEST", "AP", ["Body Part Examined"]),
-        ("PELVIS", "LL", ["View Position"]),
+        ("CHEST", "AP", ["body_part"]),
+        ("PELVIS", "LL", ["view"]),
         ("HIP", "PA", []),
         ("Pelvis AP", "AP", []),
-        ("SKULL", "LATERAL", ["Body Part Examined", "View Position"]),
+        ("SKULL", "LATERAL", ["body_part", "view"]),
     ],
 )
-def test_body_part_and_view_warnings(tmp_path, body_part, view, warned):
+def test_body_part_and_view_are_read_and_judged(tmp_path, body_part, view, refused):
+    """The decoder reads them as they are; the eligibility check refuses what is not a pelvis / hip
+    or not an AP / PA view (the decoder itself no longer warns)."""
+    from hipcad.runtime.inference.eligibility import assess
+    from hipcad.runtime.model.bundle import load_bundle
+
     ds = make_ds(phantom(12), 12, BodyPartExamined=body_part, ViewPosition=view)
     rad = decode_dicom(save(ds, tmp_path / "b.dcm"))
-    assert rad.metadata["body_part"] == body_part
-    assert [w.split(" is ")[0] for w in rad.warnings] == warned
-    if body_part == "CHEST":
-        assert "'CHEST'" in rad.warnings[0]
+    assert rad.metadata["body_part"] == body_part and rad.metadata["view_position"] == view
+    checks = assess(rad, load_bundle().intended_use, None).checks
+    assert [name for name in ("body_part", "view") if not checks[name]["passed"]] == refused
 
 
 HOSTILE_NAME = "<script>alert('x')</script>^Evil"
