@@ -30,7 +30,7 @@ COMMANDS = {
 # the extra that installs a missing top-level package
 EXTRA_FOR = {"torch": "export", "torchvision": "export", "timm": "export", "onnx": "export", "onnxscript": "export",
              "flask": "appliance", "watchdog": "appliance", "waitress": "appliance", "pynetdicom": "appliance",
-             "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt"}
+             "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt", "onnxruntime": "cpu|gpu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = EXTRA_FOR.get((err.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"hipcad {name} needs {err.name}, which is not installed: pip install 'hipcad[{extra}]'", file=sys.stderr)
+        extras = " or ".join(f"pip install 'hipcad[{e}]'" for e in extra.split("|"))
+        print(f"hipcad {name} needs {err.name}, which is not installed: {extras}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # the reader of our output went away (`hipcad predict --json ... | head`): stop quietly, as
