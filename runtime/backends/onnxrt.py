@@ -94,6 +94,12 @@ class OnnxRuntimeBackend(Backend):
             # INT8 (QOperator) graphs are made for CPUs: on the CUDA provider their operators would
             # fall back to the CPU one by one
             device = "cuda" if PROVIDERS["cuda"] in available and self.bundle.precision != "int8" else "cpu"
+        if device == "tensorrt" and self.requested_precision != "fp16":
+            self._tf32_override = tf32.process_tf32_off()  # before any CUDA library is loaded
+        if device != "cpu" and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu >= 1.21: load the CUDA / cuDNN libraries of the nvidia-* wheels the gpu extra installs
+            # (a no-op for the CPU package; libraries already loaded, e.g. by torch, are reused)
+            ort.preload_dlls()
         if PROVIDERS[device] not in available:
             raise BackendUnavailableError(
                 f"onnxruntime has no {PROVIDERS[device]} here (available: {', '.join(sorted(available))}); "
@@ -109,8 +115,6 @@ class OnnxRuntimeBackend(Backend):
         from hipcad.runtime.backends import cuda_driver, ort_trt
 
         precision = "fp16" if self.requested_precision == "fp16" else "fp32"
-        if precision == "fp32":
-            self._tf32_override = tf32.process_tf32_off()  # before the CUDA driver is loaded below
         gpu = cuda_driver.query_device(self.device_index).gpu
         key = ort_trt.cache_key(self.bundle, gpu, ort_trt.tensorrt_library_version(), ort.__version__, precision,
                                 self.max_batch)
