@@ -1,4 +1,4 @@
-"""A recording fake of pycuda (``pycuda.driver``, ``pycuda.autoinit``, ``pycuda.autoprimaryctx``, ``pycuda.tools``).
+"""A recording fake of pycuda's ``pycuda.driver`` (no ``autoinit``: hipcad's CUDA thread owns the context).
 
 See ``driver.py`` for what is modelled and the sources. ``tests/fakes`` goes first on sys.path
 only for the tests that ask for it (the ``fake_gpu`` fixture in ``tests/conftest.py``; see ``tests/fakes/README.md``).
