@@ -127,8 +127,9 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads or os.cpu_count() or 1
-        options.log_severity_level = 3
         providers = self._providers(ort)
+        # errors only, but on a GPU also warnings: why a provider failed to initialise is one
+        options.log_severity_level = 3 if len(providers) == 1 else 2
         # the bytes are checked against the manifest's sha256 before ONNX Runtime sees them
         self.session = ort.InferenceSession(self.bundle.verified_onnx_bytes, options, providers=providers)
         self._read_back([p if isinstance(p, str) else p[0] for p in providers])
@@ -142,7 +143,7 @@ class OnnxRuntimeBackend(Backend):
         if first != asked[0]:
             if self.requested_device != "auto":
                 raise BackendUnavailableError(f"onnxruntime's {asked[0]} failed to initialise (it runs on {first}); "
-                                              "see ONNX Runtime's log (HIPCAD_LOG_LEVEL=DEBUG)")
+                                              "ONNX Runtime's warnings above say why")
             log.warning("onnxruntime's %s failed to initialise; running on %s", asked[0], first)
         self.device = {PROVIDERS["cpu"]: "CPU", PROVIDERS["cuda"]: f"CUDA:{self.device_index}",
                        PROVIDERS["tensorrt"]: f"CUDA:{self.device_index} (TensorRT provider)"}.get(first, first)

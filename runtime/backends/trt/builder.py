@@ -139,7 +139,8 @@ def build_engine(bundle: "Bundle", precision: str | None = "fp16", max_batch: in
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT, (1, 1, height, width), opt, (max_batch, 1, height, width))
     if config.add_optimization_profile(profile) < 0:  # -1: "the profile is invalid" (IBuilderConfig docs)
-        raise EngineBuildError(f"TensorRT refused the optimisation profile for {INPUT} (batch 1..{max_batch}, {height}x{width})")
+        raise EngineBuildError(f"TensorRT refused the optimisation profile for {INPUT} "
+                               f"(batch 1..{max_batch}, {height}x{width})")
     pinned: list[dict] = []
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
@@ -170,9 +171,10 @@ def build_engine(bundle: "Bundle", precision: str | None = "fp16", max_batch: in
     atomic_write(timing_path, memoryview(config.get_timing_cache().serialize()))
     heatmap = inspector.inspect_plan(trt, logger, plan, opt, INPUT, pinned, host_code_allowed=version_compatible)
     _judge_heatmap(heatmap, precision, allow_unverified_heatmap, say)
+    flags = [name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag)]
     path = engine_cache.write_plan(bundle, key, plan, trt_version=trt.__version__, cache_dir=cache_dir, extra={
-        "build_seconds": round(seconds, 1), "tf32": False, "profiling_verbosity": "DETAILED",
-        "builder_flags": [name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag)], "heatmap": heatmap})
+        "build_seconds": round(seconds, 1), "tf32": False, "profiling_verbosity": "DETAILED", "builder_flags": flags,
+        "heatmap": heatmap})
     say(f"TensorRT plan written to {path} ({seconds:.0f} s)")
     return path
 

@@ -257,4 +257,5 @@ def test_the_fakes_stay_out_of_tests_that_did_not_ask_for_them():
     import sys
 
     assert str(FAKES) not in sys.path
-    assert not any(Path(getattr(module, "__file__", None) or "/").is_relative_to(FAKES) for module in list(sys.modules.values()))
+    files = [getattr(module, "__file__", None) or "/" for module in list(sys.modules.values())]
+    assert not any(Path(file).is_relative_to(FAKES) for file in files)
