@@ -52,10 +52,31 @@ demo-eval: setup
 	$(VENV)/bin/hipcad synth --out $(DEMO_EVAL) --count 500 --seed 777 --jobs 2 --force -q
 	$(VENV)/bin/hipcad evaluate $(DEMO_EVAL) --json --out .cache/demo-eval-report
 
-# On a machine with an NVIDIA GPU and PyTorch: one command, well under ten minutes.
-gpu-check: setup
-	@test -f .cache/gpu/b4/manifest.json || $(VENV)/bin/hipcad export --random-init --seed 0 --out .cache/gpu/b4
-	$(VENV)/bin/hipcad gpu-check .cache/gpu/b4
+# On a machine with an NVIDIA GPU (x86): the first thing to run. A virtualenv of its own, because
+# onnxruntime-gpu must never share one with the CPU onnxruntime that `setup` installs; an
+# EfficientNet-B4 bundle; then `hipcad gpu-check`, whose JSON report is .cache/gpu/gpu-check.json
+# (exit status 0 all measured and within tolerance, 1 a failure, 3 something not measured). The
+# default wheels (torch 2.14, onnxruntime-gpu 1.3x) are built for CUDA 13 (NVIDIA driver R580 or
+# newer); for an older driver point GPU_PIP_ARGS at CUDA 12 builds. pycuda compiles against the CUDA
+# toolkit; without one the TensorRT rows are reported as not measured.
+GPU_VENV     ?= .venv-gpu
+GPU_TORCH    ?= $(TORCH)
+GPU_PIP_ARGS ?=
+GPU_CHECK_ARGS ?=
+$(GPU_VENV)/.installed: pyproject.toml Makefile
+	$(BASE_PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -q $(GPU_PIP_ARGS) $(GPU_TORCH)
+	$(GPU_VENV)/bin/python -m pip install -q $(GPU_PIP_ARGS) '.[export,gpu]'
+	$(GPU_VENV)/bin/python -m pip install -q $(GPU_PIP_ARGS) '.[tensorrt]' || \
+	  echo "warning: TensorRT or pycuda could not be installed; gpu-check will report the TensorRT rows as not measured"
+	@! $(GPU_VENV)/bin/python -m pip show -q onnxruntime 2>/dev/null || \
+	  { echo "error: the CPU onnxruntime got into $(GPU_VENV) beside onnxruntime-gpu"; exit 1; }
+	touch $@
+
+gpu-check: $(GPU_VENV)/.installed
+	@test -f .cache/gpu/b4/manifest.json || $(GPU_VENV)/bin/hipcad export --random-init --seed 0 --out .cache/gpu/b4
+	$(GPU_VENV)/bin/hipcad gpu-check .cache/gpu/b4 --out .cache/gpu/gpu-check.json --cache-dir .cache/gpu/engines $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) .cache build *.egg-info

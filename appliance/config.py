@@ -19,6 +19,8 @@ import tomllib
 from hipcad.runtime.errors import HipcadError
 
 ENV_PREFIX = "HIPCAD_"
+# the worker's backends (not torch: a box has none); onnxruntime-cuda / -tensorrt need onnxruntime-gpu
+BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -32,7 +34,7 @@ class Config:
     hot_folder: Path = Path("/var/lib/hipcad/hot")
     data_dir: Path = Path("/var/lib/hipcad/data")
     model: str = ""  # model bundle folder; empty = the bundled demo model
-    backend: str = "auto"  # auto | onnxruntime | tensorrt
+    backend: str = "auto"  # one of BACKENDS
     polling: bool = False  # PollingObserver instead of inotify (network shares)
     poll_interval_s: float = 2.0
     rescan_interval_s: float = 60.0
@@ -77,8 +79,8 @@ class Config:
         return self.kiosk_bind not in LOOPBACK or bool(self.kiosk_password_hash)
 
     def validate(self) -> "Config":
-        if self.backend not in ("auto", "onnxruntime", "tensorrt"):
-            raise ConfigError(f"backend must be auto, onnxruntime or tensorrt, not {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         for name in ("poll_interval_s", "rescan_interval_s", "heartbeat_stale_s", "watchdog_stale_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

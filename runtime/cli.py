@@ -19,7 +19,7 @@ COMMANDS = {
     "build-engine": ("hipcad.runtime.tools.build_engine:main", "bundle -> FP16 TensorRT engine, cached per GPU / TensorRT version"),
     "predict": ("hipcad.runtime.predict:main", "read radiographs: verdict per hip, heatmap overlay, timings"),
     "synth": ("hipcad.runtime.synth.cli:main", "write synthetic AP pelvis phantoms with fracture labels"),
-    "gpu-check": ("hipcad.runtime.tools.gpu_check:main", "on an NVIDIA GPU: FP16 latency, FP16/FP32 parity, TensorRT build"),
+    "gpu-check": ("hipcad.runtime.tools.gpu_check:main", "the first run on an NVIDIA GPU: every backend's precision, parity, latency -> one JSON report"),
     "bench": ("hipcad.runtime.tools.bench:main", "time the whole path per radiograph vs the paper's 1.17 s (and --baseline)"),
     "evaluate": ("hipcad.runtime.evaluation.evaluate:main", "a bundle on a labelled dataset: accuracy, sensitivity, specificity, F1, AUC (95% CI), heatmap check"),
     "reader-study": ("hipcad.runtime.evaluation.reader_study:main", "read-first answers -> reader accuracy before/after the CAD, Wilcoxon and Fisher tests"),
@@ -31,7 +31,7 @@ COMMANDS = {
 # the extra that installs a missing top-level package
 EXTRA_FOR = {"torch": "export", "torchvision": "export", "timm": "export", "onnx": "export", "onnxscript": "export",
              "flask": "appliance", "watchdog": "appliance", "waitress": "appliance", "pynetdicom": "appliance",
-             "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt"}
+             "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt", "onnxruntime": "cpu|gpu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = EXTRA_FOR.get((err.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"hipcad {name} needs {err.name}, which is not installed: pip install 'hipcad[{extra}]'", file=sys.stderr)
+        extras = " or ".join(f"pip install 'hipcad[{e}]'" for e in extra.split("|"))
+        print(f"hipcad {name} needs {err.name}, which is not installed: {extras}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # the reader of our output went away (`hipcad predict --json ... | head`): stop quietly, as

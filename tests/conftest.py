@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli, trained_like_b4_state_dict
+from tests.helpers import FAKES, run_cli, trained_like_b4_state_dict
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,41 @@ def b4_model(b4_checkpoint):
     from hipcad.export.checkpoint import load_timm, read_state_dict
 
     return load_timm("efficientnet_b4", read_state_dict(b4_checkpoint))
+
+
+FAKE_TOPS = ("tensorrt", "pycuda", "_fakerecord")
+
+
+def _fake_modules() -> dict:
+    return {name: module for name, module in sys.modules.items() if name.split(".")[0] in FAKE_TOPS}
+
+
+@pytest.fixture
+def fake_gpu():
+    """The recording fakes of ``tensorrt`` and ``pycuda`` (tests/fakes, see its README) first on
+    sys.path for this test only: ``import tensorrt`` gets the fake, and afterwards whatever was
+    imported before (a real TensorRT, or nothing) is back. Yields ``(tensorrt, pycuda.driver)``, both
+    reset; fails the test when a thread ended with a CUDA context still pushed (real pycuda aborts)."""
+    saved = _fake_modules()
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(FAKES))
+    try:
+        import pycuda.driver as cuda
+        import tensorrt as trt
+
+        assert Path(trt.__file__).is_relative_to(FAKES) and Path(cuda.__file__).is_relative_to(FAKES)
+        trt.FAKE.reset()
+        trt.RECORD.clear()
+        cuda.FAKE.reset()
+        cuda._fake_reset()
+        with warnings.catch_warnings():
+            # ILayer.precision & co. are deprecated since TensorRT 10.12 (a warning per call, as the real module)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield trt, cuda
+        assert cuda.ABORTS == [], "a thread ended with a pycuda context still pushed"
+    finally:
+        sys.path.remove(str(FAKES))
+        for name in _fake_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)

@@ -3,6 +3,7 @@ DICOM files, and a B4 that behaves like a trained one. Fixtures are in ``conftes
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
 SHARED = REPO.parent / "shared"
+FAKES = REPO / "tests" / "fakes"  # the recording fakes of tensorrt and pycuda (see tests/fakes/README.md)
 
 
 def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run the installed ``hipcad`` console script as a user would."""
     exe = Path(sys.executable).with_name("hipcad")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def fake_gpu_env(**extra: str) -> dict:
+    """The environment of a subprocess (a CLI run) that imports the fake tensorrt and pycuda."""
+    path = os.pathsep.join(filter(None, [str(FAKES), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 # the seeds of reference_inputs() used by the export's verification (1234) and self-test (7) and by tests
@@ -130,3 +138,68 @@ def phantom(seed: int, index: int = 0, size: tuple[int, int] | None = (1000, 800
 
     ph = make_phantom(seed, index, size=size, **kwargs)
     return np.ascontiguousarray(ph.display()), ph
+
+
+def make_bundle(path: Path, onnx: bytes = b"not really onnx", hw: int = 380, **manifest_extra):
+    """A minimal bundle folder around ``onnx`` (manifest with its sha256), loaded."""
+    import hashlib
+    import json
+
+    from hipcad.runtime.model.bundle import Bundle
+
+    path.mkdir(parents=True)
+    (path / "model.onnx").write_bytes(onnx)
+    manifest = {
+        "format": "hipcad-bundle/1",
+        "name": path.name,
+        "input": {"shape": ["N", 1, hw, hw]},
+        "class_names": ["no fracture", "fracture"],
+        "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx).hexdigest()},
+        "operating_points": {"default": {"threshold": 0.5}},
+        "operating_point": "default",
+        **manifest_extra,
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return Bundle(path)
+
+
+def tiny_graph(hw: int = 64, channels: int = 8) -> bytes:
+    """A tiny ONNX graph honouring the bundle contract (``image`` uint8 -> ``logits`` [N,2], ``cam``
+    [N,h,w]) with the shape of the real export's tail (export/fused.py, as in the demo model): a
+    convolution, SiLU as Sigmoid -> Mul (the feature map both heads share), ReduceMean -> Gemm for the
+    logits, and Mul by W[1]/(h*w) -> ReduceSum over channels -> Relu for the heatmap. Opset 18."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    conv = rng.normal(0, 0.5, (channels, 1, 3, 3)).astype(np.float32)
+    fc = rng.normal(0, 1, (2, channels)).astype(np.float32)
+    side = (hw + 2 - 3) // 4 + 1
+    cam_w = (fc[1] / (side * side)).reshape(1, channels, 1, 1).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in [
+        (conv, "conv_w"), (np.zeros(channels, np.float32), "conv_b"), (fc, "fc_w"), (np.zeros(2, np.float32), "fc_b"),
+        (cam_w, "div"), (np.array(255, np.float32), "scale"), (np.array([1], np.int64), "channel_axis"),
+        (np.array([2, 3], np.int64), "spatial_axes")]]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT, name="node_cast"),
+        helper.make_node("Div", ["x", "scale"], ["xn"], name="node_div_255"),
+        helper.make_node("Conv", ["xn", "conv_w", "conv_b"], ["c"], strides=[4, 4], pads=[1, 1, 1, 1], name="node_conv_head"),
+        helper.make_node("Sigmoid", ["c"], ["sig"], name="node_sigmoid"),
+        helper.make_node("Mul", ["c", "sig"], ["silu"], name="node_silu"),  # the shared feature map
+        helper.make_node("ReduceMean", ["silu", "spatial_axes"], ["pooled"], keepdims=0, name="node_mean"),
+        helper.make_node("Gemm", ["pooled", "fc_w", "fc_b"], ["logits"], transB=1, name="node_linear"),
+        helper.make_node("Mul", ["silu", "div"], ["weighted"], name="node_cam_mul"),
+        helper.make_node("ReduceSum", ["weighted", "channel_axis"], ["summed"], keepdims=0, name="node_cam_sum"),
+        helper.make_node("Relu", ["summed"], ["cam"], name="node_cam_relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 1, hw, hw])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", side, side])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
+# the tiny graph's layers that compute only the heatmap (what the builder pins to FP32)
+TINY_HEATMAP_LAYERS = {"div", "node_cam_mul", "node_cam_sum", "node_cam_relu"}
+DEMO_BUNDLE = REPO / "runtime" / "model" / "demo"
+# the same in the shipped demo model (TinyNet-C, exported by export/onnx_export.py)
+DEMO_HEATMAP_LAYERS = {"div", "node_mul_1128", "node_sum_1", "node_relu"}

@@ -2,6 +2,14 @@
 :mod:`.pyt`, :mod:`.trt`)."""
 
 from hipcad.runtime.backends.base import Backend
-from hipcad.runtime.backends.registry import AUTO_ORDER, BACKENDS, CHOICES, availability, backend_class, open_backend
+from hipcad.runtime.backends.registry import (
+    AUTO_ORDER,
+    BACKENDS,
+    CHOICES,
+    VARIANTS,
+    availability,
+    backend_class,
+    open_backend,
+)
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "Backend", "availability", "backend_class", "open_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "VARIANTS", "Backend", "availability", "backend_class", "open_backend"]

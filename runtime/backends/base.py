@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 class Backend:
     #: registry name ("onnxruntime", "tensorrt", "torch")
     name: str = "base"
-    #: numeric precision the outputs are computed in ("fp32" | "fp16" | "int8"); selects self-test tolerances
+    #: the precision the outputs were computed in, as far as the backend could verify it ("fp32" | "tf32" |
+    #: "fp16" | "int8"; "tf32" = FP32 requested, TF32 not provably off); selects the self-test tolerances
     precision: str = "fp32"
 
     def __init__(self, bundle: "Bundle") -> None:
@@ -35,6 +36,8 @@ class Backend:
         self.load_seconds: float | None = None
         #: human-readable description of the device actually used ("CPU", "CUDA:0 NVIDIA H100"...)
         self.device: str = "unknown"
+        #: how ``precision`` was established (a setting read back, an inspected engine...), for reports
+        self.precision_note: str | None = None
         #: result of the self-test on the bundle's reference inputs (set by open_backend)
         self.selftest: dict | None = None
         #: why backends earlier in the ``auto`` order were not used, if any

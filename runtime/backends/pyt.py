@@ -1,14 +1,16 @@
 """PyTorch backend: the bundle's ``model.pt2`` (the fused model as a torch.export program).
 
-CUDA with FP16 autocast where a GPU is present, CPU FP32 otherwise. It is the reference for
-``hipcad parity`` and a backend for boxes that have PyTorch. torch is imported only here, and
-only when this backend is used.
+CUDA with FP16 autocast where a GPU is present (``precision="auto"``), FP32 with TF32 off on request,
+CPU FP32 otherwise; FP16 on a CPU is refused, not quietly run in FP32. It is the reference for
+``hipcad parity`` and a backend for boxes that have PyTorch. torch is imported only here, and only
+when this backend is used; it needs torch >= 2.5 (``torch.export.passes.move_to_device_pass``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from hipcad.runtime.backends import tf32
 from hipcad.runtime.backends.base import Backend
 from hipcad.runtime.errors import BackendUnavailableError, BundleError
 from hipcad.runtime.model.files import sha256_file
@@ -21,6 +23,8 @@ class TorchBackend(Backend):
         super().__init__(bundle)
         if device not in ("auto", "cpu", "cuda") or precision not in ("auto", "fp32", "fp16"):
             raise BackendUnavailableError(f"torch backend: bad device {device!r} or precision {precision!r}")
+        if device == "cpu" and precision == "fp16":
+            raise BackendUnavailableError("torch backend: FP16 needs a CUDA GPU (device='cpu' runs FP32)")
         self.requested_device = device
         self.requested_precision = precision
 
@@ -35,6 +39,11 @@ class TorchBackend(Backend):
     def activate_impl(self) -> None:
         import torch
 
+        cuda = torch.cuda.is_available() and self.requested_device != "cpu"
+        if not cuda and (self.requested_device == "cuda" or self.requested_precision == "fp16"):
+            raise BackendUnavailableError(f"torch backend: no CUDA GPU is visible to PyTorch {torch.__version__} "
+                                          f"(built for CUDA {torch.version.cuda}); "
+                                          + ("FP16 needs one" if self.requested_precision == "fp16" else "device='cuda'"))
         path = self.bundle.file("torch")
         if self.bundle.precision != "fp32":
             raise BackendUnavailableError(
@@ -46,9 +55,6 @@ class TorchBackend(Backend):
             )
         if sha256_file(path) != self.bundle.manifest["torch"]["sha256"]:
             raise BundleError(f"bundle {self.bundle.path}: {path.name} does not match its manifest; refusing to load it")
-        cuda = torch.cuda.is_available() and self.requested_device != "cpu"
-        if self.requested_device == "cuda" and not cuda:
-            raise BackendUnavailableError("torch backend: no CUDA GPU is visible to PyTorch")
         program = torch.export.load(str(path))
         if cuda:
             from torch.export.passes import move_to_device_pass
@@ -56,9 +62,13 @@ class TorchBackend(Backend):
             program = move_to_device_pass(program, "cuda")
         self.module = program.module()
         self.torch_device = torch.device("cuda" if cuda else "cpu")
-        self.precision = "fp16" if cuda and self.requested_precision != "fp32" else "fp32"
-        if self.precision == "fp16" and not cuda:
-            raise BackendUnavailableError("torch backend: FP16 needs a CUDA GPU")
+        if cuda and self.requested_precision != "fp32":
+            self.precision, self.precision_note = "fp16", "CUDA autocast FP16 (reductions such as the heatmap's sum in FP32)"
+        elif cuda:
+            off, self.precision_note = tf32.torch_tf32_off(torch)
+            self.precision = "fp32" if off else "tf32"
+        else:
+            self.precision, self.precision_note = "fp32", "CPU FP32"
         if not cuda:
             # NHWC convolutions are several times faster on CPU than the default NCHW
             self.module = self.module.to(memory_format=torch.channels_last)

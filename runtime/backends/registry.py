@@ -16,12 +16,18 @@ BACKENDS = {
     "onnxruntime": "hipcad.runtime.backends.onnxrt:OnnxRuntimeBackend",
     "torch": "hipcad.runtime.backends.pyt:TorchBackend",
 }
+# names that open a backend with options: ONNX Runtime's GPU providers (onnxruntime-gpu), asked for by name
+VARIANTS = {
+    "onnxruntime-cuda": ("onnxruntime", {"device": "cuda"}),
+    "onnxruntime-tensorrt": ("onnxruntime", {"device": "tensorrt"}),
+}
 # --backend auto: the fastest first
 AUTO_ORDER = ("tensorrt", "onnxruntime")
-CHOICES = ("auto", *BACKENDS)
+CHOICES = ("auto", *BACKENDS, *VARIANTS)
 
 
 def backend_class(name: str) -> type[Backend]:
+    name = VARIANTS.get(name, (name, {}))[0]
     try:
         target = BACKENDS[name]
     except KeyError:
@@ -50,7 +56,7 @@ def open_backend(name: str, bundle, selftest: bool = True, **options) -> Backend
                 cls.require_available()  # raises, naming the backend and what to install
             reasons.append(f"{candidate}: {why}")
             continue
-        backend = cls(bundle, **options)
+        backend = cls(bundle, **{**VARIANTS.get(candidate, (candidate, {}))[1], **options})
         try:
             backend.activate()
             if selftest:

@@ -18,6 +18,9 @@ SELFTEST_FILE = "selftest.npz"
 TOLERANCES = {
     "fp32": {"logits": 1e-4, "cam": 1e-3},
     "fp16": {"logits": 5e-2, "cam": 5e-2},
+    # FP32 asked for, but TF32 (a 10-bit mantissa, as FP16's) could not be shown to be off
+    # (see hipcad.runtime.backends.tf32): no tighter than FP16
+    "tf32": {"logits": 5e-2, "cam": 5e-2},
     # INT8 bundles carry references computed by ONNX Runtime CPU on the INT8 model itself; other
     # CPUs' integer kernels round the same, float parts of the graph may differ slightly
     "int8": {"logits": 5e-3, "cam": 5e-3},

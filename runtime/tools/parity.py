@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             with open_backend(name, bundle) as backend:
                 outputs[name] = backend.infer(images)
-                info[name] = {"backend": backend.name, "device": backend.device, "precision": backend.precision}
+                info[name] = {"backend": backend.name, "device": backend.device, "precision": backend.precision,
+                              "precision_note": backend.precision_note}
                 if name == "auto":
                     print(f"auto chose {backend.name} ({backend.device})", file=sys.stderr)
     except HipcadError as err:

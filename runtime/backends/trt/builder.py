@@ -8,7 +8,10 @@ comments name the binding docstrings in github.com/NVIDIA/TensorRT ``python/docs
 Precision: FP16 uses TensorRT 10's weak typing (``BuilderFlag.FP16``, deprecated since 10.12 and
 removed in TensorRT 11, whose networks are always strongly typed - "Migrating from TensorRT 10.x to
 11.x"). With TensorRT 11 only ``fp32`` can be built from our FP32 ONNX, and ``precision=None``
-picks that.
+picks that. TF32 is off in every plan. What an FP16 plan computes in FP16 and what in FP32: the
+layers that compute only the heatmap are pinned to FP32 and checked in the built engine
+(:mod:`.inspector`); everything the heatmap shares with the classifier - the whole network up to and
+including the last feature map - runs in FP16, so the heatmap is FP32 arithmetic on an FP16 feature map.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hipcad.runtime.backends.trt import inspector
 from hipcad.runtime.backends.trt import plan_cache as engine_cache
 from hipcad.runtime.backends.trt.plan_cache import PRECISIONS, GpuInfo
 from hipcad.runtime.durable import atomic_write
@@ -34,6 +39,19 @@ TENSORRT_MISSING = ("TensorRT Python package is not installed (pip install hipca
                     "on Jetson it comes with JetPack)")
 PYCUDA_MISSING = ("pycuda is not installed (pip install hipcad[tensorrt] on an NVIDIA box; "
                   "on Jetson: pip install pycuda against JetPack's CUDA)")
+
+
+_logger: dict = {}
+_logger_lock = threading.Lock()
+
+
+def tensorrt_logger(trt):
+    """The one ``trt.Logger`` of the process, shared by every Builder and Runtime (older TensorRT kept
+    only the first logger it was given and warned about the others; Polygraphy does the same)."""
+    with _logger_lock:
+        if _logger.get("module") is not trt:  # another tensorrt module (the tests' fake): a logger of its own
+            _logger.update(module=trt, logger=trt.Logger(trt.Logger.WARNING))  # warnings and errors to stdout
+        return _logger["logger"]
 
 
 def import_tensorrt():
@@ -71,13 +89,17 @@ def resolve_precision(precision: str | None, trt) -> str:
 
 def build_engine(bundle: "Bundle", precision: str | None = "fp16", max_batch: int = 2,
                  workspace_mb: int = DEFAULT_WORKSPACE_MB, version_compatible: bool = False,
-                 cache_dir: str | Path | None = None, progress: bool = True, gpu: GpuInfo | None = None) -> Path:
+                 cache_dir: str | Path | None = None, progress: bool = True, gpu: GpuInfo | None = None,
+                 deadline: float | None = None, allow_unverified_heatmap: bool = False) -> Path:
     """Build, store (via :mod:`engine_cache`, atomically) and return the path of a plan for ``bundle``.
 
     One optimisation profile covers input ``image`` [1..max_batch, 1, H, W] (optimum 2, the two hips
     of a radiograph). In FP16 the layers that compute only ``cam`` are pinned to FP32
-    (:func:`keep_cam_fp32`). The timing cache beside the plans is loaded first and saved after, so
-    rebuilds on the same GPU skip most tactic timing. ``gpu`` defaults to CUDA device 0.
+    (:func:`keep_cam_fp32`), and the built engine is inspected: when one of them is not FP32 the
+    plan is not stored and EngineBuildError says which, unless ``allow_unverified_heatmap`` (then the
+    sidecar says so and a warning is printed). The timing cache beside the plans is loaded first and
+    saved after, so rebuilds on the same GPU skip most tactic timing. ``gpu`` defaults to CUDA device
+    0. ``deadline`` (time.monotonic()): the build is cancelled once it passes.
     """
     trt = import_tensorrt()
     precision = resolve_precision(precision, trt)
@@ -90,7 +112,7 @@ def build_engine(bundle: "Bundle", precision: str | None = "fp16", max_batch: in
     say(f"building TensorRT {trt.__version__} {precision} plan for {bundle.name} on {gpu.name} "
         f"(batch 1..{max_batch}); this takes minutes")
 
-    logger = trt.Logger(trt.Logger.WARNING)  # prints TensorRT's warnings and errors to stderr
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
     # 0: explicit batch is the only mode in TensorRT 10 (NetworkDefinitionCreationFlag.EXPLICIT_BATCH is
     # "Ignored because networks are always explicit batch", python/docstrings/infer/pyCoreDoc.h)
@@ -108,11 +130,18 @@ def build_engine(bundle: "Bundle", precision: str | None = "fp16", max_batch: in
     # FP32 means FP32: TF32, "Enabled by default", "computes inner products by rounding the inputs to 10-bit
     # mantissas" (BuilderFlag.TF32 docstring, pyCoreDoc.h); it would loosen the fp32 plan and the FP32 CAM layers
     config.clear_flag(trt.BuilderFlag.TF32)
+    if config.get_flag(trt.BuilderFlag.TF32):
+        raise EngineBuildError("TensorRT kept BuilderFlag.TF32 set after clear_flag; refusing a plan whose FP32 may be TF32")
+    # DETAILED: the engine inspector then shows every layer's formats (default LAYER_NAMES_ONLY shows names)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     height, width = bundle.input_hw
+    opt = (min(2, max_batch), 1, height, width)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT, (1, 1, height, width), (min(2, max_batch), 1, height, width), (max_batch, 1, height, width))
-    config.add_optimization_profile(profile)
-    pinned: list[str] = []
+    profile.set_shape(INPUT, (1, 1, height, width), opt, (max_batch, 1, height, width))
+    if config.add_optimization_profile(profile) < 0:  # -1: "the profile is invalid" (IBuilderConfig docs)
+        raise EngineBuildError(f"TensorRT refused the optimisation profile for {INPUT} "
+                               f"(batch 1..{max_batch}, {height}x{width})")
+    pinned: list[dict] = []
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
         pinned = keep_cam_fp32(trt, network)
@@ -120,32 +149,61 @@ def build_engine(bundle: "Bundle", precision: str | None = "fp16", max_batch: in
         # precisions. Build fails otherwise."; PREFER: "Fall back (with warning) to another precision". A CAM
         # silently reduced in FP16 must not ship, so a build that cannot honour the pins has to fail.
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        say(f"pinned {len(pinned)} CAM layer(s) to FP32: {', '.join(pinned)}")
+        say(f"pinned {len(pinned)} heatmap layer(s) to FP32: {', '.join(p['layer'] for p in pinned)}")
     if version_compatible:
         # plan runs on later TensorRT runtimes; loading it needs Runtime.engine_host_code_allowed
         # (developer guide "Version Compatibility")
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     timing_path = engine_cache.timing_cache_path(bundle, gpu, trt.__version__, cache_dir)
     _attach_timing_cache(config, timing_path, say)
-    monitor = _progress_monitor(trt) if progress else None
+    monitor = _progress_monitor(trt, progress, deadline) if progress or deadline is not None else None
     if monitor is not None:
         config.progress_monitor = monitor  # must outlive the build: kept referenced until we return
 
     start = time.monotonic()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineBuildError(f"TensorRT could not build a plan for {bundle.onnx_path} (see its messages above)")
+        late = deadline is not None and time.monotonic() > deadline
+        raise EngineBuildError(f"TensorRT build of {bundle.onnx_path} " + ("cancelled: past its time limit" if late else
+                                                                           "failed (see its messages above)"))
     seconds = time.monotonic() - start
     timing_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(timing_path, memoryview(config.get_timing_cache().serialize()))
-    path = engine_cache.write_plan(bundle, key, plan, trt_version=trt.__version__, cache_dir=cache_dir,
-                                   extra={"build_seconds": round(seconds, 1), "fp32_layers": pinned})
+    heatmap = inspector.inspect_plan(trt, logger, plan, opt, INPUT, pinned, host_code_allowed=version_compatible)
+    _judge_heatmap(heatmap, precision, allow_unverified_heatmap, say)
+    flags = [name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag)]
+    path = engine_cache.write_plan(bundle, key, plan, trt_version=trt.__version__, cache_dir=cache_dir, extra={
+        "build_seconds": round(seconds, 1), "tf32": False, "profiling_verbosity": "DETAILED", "builder_flags": flags,
+        "heatmap": heatmap})
     say(f"TensorRT plan written to {path} ({seconds:.0f} s)")
     return path
 
 
-def keep_cam_fp32(trt, network) -> list[str]:
-    """Pin the layers that compute ``cam`` and not ``logits`` to FP32; return their names.
+def _judge_heatmap(heatmap: dict, precision: str, allow_unverified: bool, say) -> None:
+    """An FP16 plan whose pinned heatmap layers are not all FP32 in the engine is refused (or, when
+    allowed, stored with a loud warning); an FP32 plan is FP32 throughout, so nothing is pinned."""
+    say(f"engine: {heatmap['engine_layers']} layers by precision {heatmap['engine_precisions']}")
+    if precision != "fp16":
+        return
+    bad = [row for row in heatmap["layers"] if row["precision"] not in ("fp32", "folded")]
+    for row in heatmap["layers"]:
+        say(f"  heatmap layer {row['layer']}: {row['precision']} in engine layer(s) {row['engine_layers'] or '-'}")
+    if not bad:
+        say(f"all {len(heatmap['layers'])} pinned heatmap layer(s) are FP32 in the built engine")
+        return
+    listing = "; ".join(f"{row['layer']} is {row['precision']} (engine layers: {', '.join(row['engine_layers']) or 'none'})"
+                        for row in bad)
+    if not allow_unverified:
+        raise EngineBuildError(f"TensorRT did not keep the heatmap in FP32 although the layers were pinned: {listing}. "
+                               "The plan was not stored; build with --fp32, or --allow-unverified-heatmap to accept it")
+    message = f"FP16 plan stored although its heatmap is not verified FP32: {listing}"
+    say("WARNING: " + message)
+    warnings.warn(message, stacklevel=3)
+
+
+def keep_cam_fp32(trt, network) -> list[dict]:
+    """Pin the layers that compute ``cam`` and not ``logits`` to FP32; return them
+    (``{"layer": name, "type": LayerType name, "onnx_node": the ONNX node it came from, if known}``).
 
     Those are the ancestors of the ``cam`` output that are not ancestors of ``logits``: everything after
     the last feature-map activation the two heads share - the channel reduction sum_k w_k A_k
@@ -180,7 +238,10 @@ def keep_cam_fp32(trt, network) -> list[str]:
         layer.precision = trt.float32
         for k in range(layer.num_outputs):
             layer.set_output_type(k, trt.float32)
-        pinned.append(f"{layer.name} ({layer.type.name})")
+        # the ONNX node: "[ONNX Layer: <node>]" where the parser sets the metadata, else the layer's name (which
+        # the parser takes from the node)
+        node = inspector.METADATA.findall(layer.metadata)
+        pinned.append({"layer": layer.name, "type": layer.type.name, "onnx_node": node[0] if node else layer.name})
         reduced = reduced or layer.type in reductions
     if not reduced:
         raise EngineBuildError(
@@ -217,13 +278,16 @@ def _attach_timing_cache(config, path: Path, say) -> None:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
-def _progress_monitor(trt):
-    """A ``trt.IProgressMonitor`` (TensorRT >= 10.0) printing build phases and steps to stderr.
+def _progress_monitor(trt, verbose: bool, deadline: float | None):
+    """A ``trt.IProgressMonitor`` (TensorRT >= 10.0) printing build phases and steps to stderr
+    (``verbose``) and cancelling the build once ``deadline`` (time.monotonic()) has passed.
 
     Python API "ProgressMonitor": phase_start(phase_name, parent_phase, num_steps), step_complete(
     phase_name, step) -> bool (False cancels the build), phase_finish(phase_name); "must be thread-safe
     so that it can be called from multiple internal threads". After samples/python/simple_progress_monitor.
+    TensorRT calls it from its own threads, so Ctrl-C (delivered to the main thread) cannot reach it.
     """
+    say = _stderr if verbose else (lambda message: None)
 
     class BuildProgress(trt.IProgressMonitor):
         def __init__(self):
@@ -235,22 +299,22 @@ def _progress_monitor(trt):
             with self._lock:
                 depth = self._phases.get(parent_phase, (-1, 0))[0] + 1 if parent_phase else 0
                 self._phases[phase_name] = (depth, num_steps)
-                _stderr(f"{'  ' * depth}{phase_name} ({num_steps} steps)")
+                say(f"{'  ' * depth}{phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):
-            try:
-                with self._lock:
-                    depth, steps = self._phases.get(phase_name, (0, 0))
-                    if steps >= 10 and (step + 1) % (steps // 10) == 0:
-                        _stderr(f"{'  ' * depth}{phase_name}: {step + 1}/{steps}")
-                return True
-            except KeyboardInterrupt:  # Ctrl-C during a build: ask TensorRT to cancel it
+            if deadline is not None and time.monotonic() > deadline:
+                say(f"{phase_name}: past the time limit, cancelling the build")
                 return False
+            with self._lock:
+                depth, steps = self._phases.get(phase_name, (0, 0))
+                if steps >= 10 and (step + 1) % (steps // 10) == 0:
+                    say(f"{'  ' * depth}{phase_name}: {step + 1}/{steps}")
+            return True
 
         def phase_finish(self, phase_name):
             with self._lock:
                 depth = self._phases.pop(phase_name, (0, 0))[0]
-                _stderr(f"{'  ' * depth}{phase_name}: done")
+                say(f"{'  ' * depth}{phase_name}: done")
 
     return BuildProgress()
 

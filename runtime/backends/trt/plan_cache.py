@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: what engine_build puts in a plan; bump it when that changes (profile, precision pins...) so old plans miss
-RECIPE = "hipcad-trt-plan/1"
+RECIPE = "hipcad-trt-plan/2"  # 2: DETAILED profiling verbosity, engine inspected, heatmap checked
 PRECISIONS = ("fp16", "fp32")
 ENGINES_DIR = "engines"
 

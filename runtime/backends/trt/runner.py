@@ -21,6 +21,7 @@ Register as ``"tensorrt": "hipcad.runtime.backends.trt.runner:TensorRTBackend"``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,8 @@ from hipcad.runtime.errors import BackendUnavailableError, HipcadError
 
 if TYPE_CHECKING:
     from hipcad.runtime.model.bundle import Bundle
+
+log = logging.getLogger(__name__)
 
 
 class TensorRTBackend(Backend):
@@ -125,7 +128,7 @@ class TensorRTBackend(Backend):
         key = engine_cache.EngineKey.make(self.bundle, gpu, trt.__version__, precision, **options)
         data, record = engine_cache.read_plan(plan, key, trt.__version__)  # deserialize the bytes just verified
 
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        runtime = trt.Runtime(engine_build.tensorrt_logger(trt))
         if self.version_compatible:
             # version-compatible plans embed a lean runtime (host code); allowed only for this plan, whose
             # bytes match the sidecar we wrote (developer guide "Version Compatibility"; IRuntime docs)
@@ -144,7 +147,8 @@ class TensorRTBackend(Backend):
 
         context = engine.create_execution_context()  # one context, used only on this thread
         max_input = tuple(engine.get_tensor_profile_shape(INPUT, 0)[2])  # (min, opt, max) of profile 0
-        context.set_input_shape(INPUT, max_input)
+        if not context.set_input_shape(INPUT, max_input):
+            raise BackendUnavailableError(f"TensorRT plan {plan} refused its own largest input shape {list(max_input)}")
         host, device = {}, {}
         for name in names:  # page-locked host + device buffers for the largest batch, reused by every call
             shape, dtype = tuple(context.get_tensor_shape(name)), trt.nptype(engine.get_tensor_dtype(name))
@@ -155,7 +159,7 @@ class TensorRTBackend(Backend):
         self._session = _Session(runtime, engine, context, cuda.Stream(), host, device)
         self.max_batch = max_input[0]
         self.plan_path = plan
-        self.precision = record["key"]["precision"]
+        self.precision, self.precision_note = _precision_from(record)
         self.device = f"CUDA:{self.device_index} {gpu.name}, TensorRT {trt.__version__} {self.precision}"
         self._execute(np.zeros((1, 1, *self.bundle.input_hw), np.uint8))  # warm-up: first run initialises lazily
 
@@ -166,7 +170,8 @@ class TensorRTBackend(Backend):
         if not s.context.set_input_shape(INPUT, batch.shape):
             raise HipcadError(f"TensorRT refused input shape {list(batch.shape)}")
         for name, allocation in s.device.items():
-            s.context.set_tensor_address(name, int(allocation))
+            if not s.context.set_tensor_address(name, int(allocation)):
+                raise HipcadError(f"TensorRT refused the device address of tensor {name!r}")
         host_in = s.host[INPUT][:n]
         np.copyto(host_in, batch)
         cuda.memcpy_htod_async(s.device[INPUT], host_in, s.stream)  # async copies need page-locked host memory
@@ -182,6 +187,21 @@ class TensorRTBackend(Backend):
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+
+def _precision_from(record: dict) -> tuple[str, str]:
+    """The plan's precision, and how it is known, from its sidecar (written by the builder after it
+    inspected the engine)."""
+    precision, heatmap = record["key"]["precision"], record.get("heatmap", {})
+    if precision == "fp32":
+        return "fp32", "TensorRT FP32, TF32 off (builder flag cleared and read back)"
+    rows = heatmap.get("layers", [])
+    fp32 = sum(row["precision"] in ("fp32", "folded") for row in rows)
+    if heatmap.get("verified"):
+        return "fp16", f"TensorRT FP16; heatmap layers FP32 in the built engine ({fp32}/{len(rows)}, inspected)"
+    log.warning("TensorRT plan's heatmap layers are not all FP32 (%d/%d); it was stored with --allow-unverified-heatmap",
+                fp32, len(rows))
+    return "fp16", f"TensorRT FP16; heatmap NOT verified FP32 ({fp32}/{len(rows)} layers FP32 in the engine)"
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""TensorRT plan cache (pure Python, runs anywhere) and the TensorRT backend (skips without TensorRT + GPU)."""
+"""TensorRT plan cache (pure Python, runs anywhere) and the TensorRT backend: its end-to-end tests run on
+the recording fakes of tensorrt and pycuda (tests/fakes) on every machine, and again on a real TensorRT and
+GPU where there is one (skipped here, with the reason)."""
 
 from __future__ import annotations
 
@@ -18,27 +20,11 @@ from hipcad.runtime.backends.trt.builder import PYCUDA_MISSING, TENSORRT_MISSING
 from hipcad.runtime.backends.trt.plan_cache import EngineKey, GpuInfo, PlanCacheError
 from hipcad.runtime.backends.trt.runner import TensorRTBackend
 from hipcad.runtime.errors import BackendUnavailableError
-from hipcad.runtime.model.bundle import Bundle
+from tests.helpers import TINY_HEATMAP_LAYERS, make_bundle, tiny_graph
 
 ORIN = GpuInfo("Orin", (8, 7))
 TRT = "10.3.0"
 PLAN = b"\x00fake TensorRT plan\xff" * 64
-
-
-def make_bundle(path, onnx: bytes = b"not really onnx", hw: int = 380) -> Bundle:
-    path.mkdir(parents=True)
-    (path / "model.onnx").write_bytes(onnx)
-    manifest = {
-        "format": "hipcad-bundle/1",
-        "name": path.name,
-        "input": {"shape": ["N", 1, hw, hw]},
-        "class_names": ["no fracture", "fracture"],
-        "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(onnx).hexdigest()},
-        "operating_points": {"default": {"threshold": 0.5}},
-        "operating_point": "default",
-    }
-    (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    return Bundle(path)
 
 
 @pytest.fixture
@@ -322,49 +308,20 @@ def test_cuda_thread_owns_the_context_and_runs_every_job(monkeypatch):
     worker.stop()  # idempotent
 
 
-# -- with TensorRT and a GPU -------------------------------------------------------------------
-def tiny_bundle(path, hw=64):
-    """A bundle with a real (tiny) graph honouring the contract: image uint8 -> logits [N,2], cam [N,h,w]."""
+# -- end to end: on the fakes everywhere, on TensorRT + a GPU where present ---------------------------
+@pytest.fixture(params=["fake", pytest.param("real", marks=[pytest.mark.gpu, pytest.mark.tensorrt])])
+def gpu_bundle(request, tmp_path):
+    """The tiny SiLU -> Mul -> ReduceSum graph (tests/helpers.py), with the fake or the real TensorRT."""
     pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    conv = rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32)
-    fc = rng.normal(0, 1, (2, 8)).astype(np.float32)
-    side = (hw + 2 - 3) // 4 + 1
-    cam_w = (fc[1] / (side * side)).reshape(1, 8, 1, 1).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in [
-        (conv, "conv_w"), (fc, "fc_w"), (np.zeros(2, np.float32), "fc_b"), (cam_w, "cam_w"),
-        (np.array(255, np.float32), "scale"), (np.array([1], np.int64), "axis1")]]
-    nodes = [
-        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["x", "scale"], ["xn"]),
-        helper.make_node("Conv", ["xn", "conv_w"], ["c"], strides=[4, 4], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["a"]),  # the shared feature map
-        helper.make_node("GlobalAveragePool", ["a"], ["p"]),
-        helper.make_node("Flatten", ["p"], ["f"]),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
-        # as the real export (export/fused.py): ReLU(sum_k (W_ck / hw) A_k) as Mul, ReduceSum over channels, Relu
-        helper.make_node("Mul", ["a", "cam_w"], ["m"]),
-        helper.make_node("ReduceSum", ["m", "axis1"], ["s"], keepdims=0),
-        helper.make_node("Relu", ["s"], ["cam"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 1, hw, hw])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
-         helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", side, side])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return make_bundle(path, onnx=model.SerializeToString(), hw=hw)
-
-
-@pytest.fixture
-def gpu_bundle(tmp_path):
-    pytest.importorskip("tensorrt", reason="needs TensorRT")
-    pytest.importorskip("pycuda.driver", reason="needs pycuda")
-    ok, why = TensorRTBackend.availability()
-    if not ok:
-        pytest.skip(why)
-    return tiny_bundle(tmp_path / "tiny")
+    if request.param == "fake":
+        request.getfixturevalue("fake_gpu")
+    else:
+        pytest.importorskip("tensorrt", reason="needs TensorRT")
+        pytest.importorskip("pycuda.driver", reason="needs pycuda")
+        ok, why = TensorRTBackend.availability()
+        if not ok:
+            pytest.skip(why)
+    return make_bundle(tmp_path / "tiny", onnx=tiny_graph(64), hw=64)
 
 
 def reference(bundle, batch):
@@ -373,8 +330,6 @@ def reference(bundle, batch):
     return session.run(["logits", "cam"], {"image": batch})
 
 
-@pytest.mark.gpu
-@pytest.mark.tensorrt
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-3), ("fp16", 2e-2)])
 def test_backend_matches_onnxruntime(gpu_bundle, tmp_path, precision, tolerance):
     import tensorrt as trt
@@ -389,12 +344,16 @@ def test_backend_matches_onnxruntime(gpu_bundle, tmp_path, precision, tolerance)
     want_logits, want_cam = reference(gpu_bundle, batch)
     np.testing.assert_allclose(logits, want_logits, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(cam, want_cam, rtol=tolerance, atol=tolerance * float(np.abs(want_cam).max()))
+    assert record["tf32"] is False and "TF32" not in record["builder_flags"]
+    heatmap = record["heatmap"]
     if precision == "fp16":
-        assert any("REDUCE" in name for name in record["fp32_layers"])
+        assert {row["layer"] for row in heatmap["layers"]} == TINY_HEATMAP_LAYERS
+        assert heatmap["verified"] is True, heatmap
+        assert "heatmap layers FP32 in the built engine" in backend.precision_note
+    else:
+        assert heatmap["layers"] == [] and "TF32 off" in backend.precision_note
 
 
-@pytest.mark.gpu
-@pytest.mark.tensorrt
 def test_cached_plan_is_reused_and_threads_share_one_cuda_thread(gpu_bundle, tmp_path):
     cache = tmp_path / "cache"
     with TensorRTBackend(gpu_bundle, precision="fp32", cache_dir=cache) as first:
@@ -410,8 +369,6 @@ def test_cached_plan_is_reused_and_threads_share_one_cuda_thread(gpu_bundle, tmp
         np.testing.assert_array_equal(cam, results[0][1])
 
 
-@pytest.mark.gpu
-@pytest.mark.tensorrt
 def test_corrupt_cached_plan_is_refused_when_building_is_not_allowed(gpu_bundle, tmp_path):
     cache = tmp_path / "cache"
     with TensorRTBackend(gpu_bundle, precision="fp32", cache_dir=cache) as backend:
@@ -419,3 +376,12 @@ def test_corrupt_cached_plan_is_refused_when_building_is_not_allowed(gpu_bundle,
     plan.write_bytes(plan.read_bytes()[:-1000])
     with pytest.raises(BackendUnavailableError, match="corrupt"):
         TensorRTBackend(gpu_bundle, precision="fp32", cache_dir=cache, allow_build=False).activate()
+
+
+def test_version_compatible_plan_is_built_and_loaded(gpu_bundle, tmp_path):
+    batch = np.random.default_rng(4).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8)
+    with TensorRTBackend(gpu_bundle, precision="fp32", cache_dir=tmp_path, version_compatible=True) as backend:
+        logits, _ = backend.infer(batch)
+        record = json.loads(backend.plan_path.with_suffix(".json").read_text())
+    assert record["key"]["version_compatible"] is True and "VERSION_COMPATIBLE" in record["builder_flags"]
+    np.testing.assert_allclose(logits, reference(gpu_bundle, batch)[0], rtol=1e-3, atol=1e-3)
