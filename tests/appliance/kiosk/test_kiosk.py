@@ -198,3 +198,29 @@ def test_read_first_hides_cad_until_answered(tmp_path):
     assert all(r[7] and r[8] for r in rows[1:])
     # another reader (another session) still sees study 1 hidden
     assert create_app(config).test_client().get("/api/results/1").get_json()["cad_hidden"]
+
+
+def test_an_image_not_assessed_gets_a_card_not_verdicts(tmp_path):
+    """An ineligible result: the kiosk says NOT ASSESSED and why, shows no hip verdict, and the API
+    says eligible false with the reasons."""
+    config = make_config(tmp_path)
+    populate(config, n_done=1)
+    data = DataDir(config.data_dir)
+    store = Store(config.db_path)
+    item_id = store.enqueue("f" * 64, "1.2.3.99", "ct.dcm", 1000)
+    reasons = ["this is a CT scan (DICOM Modality 'CT'); the model reads only CR / DX radiographs"]
+    record = {"id": item_id, "status": "done", "eligible": False, "sides": [], "model": UNTRAINED, "warnings": [],
+              "eligibility": {"reasons": reasons, "warnings": [], "checks": {"modality": {"passed": False, "value": "CT"}}},
+              "metadata": {"sop_instance_uid": "1.2.3.99", "midline_x": None, "midline_confidence": 0.0}}
+    store.finish(item_id, "done", result=record, patient={"patient_name": "ROE^RICHARD"}, total_ms=40.0)
+    for path in (data.overlay(item_id), data.image(item_id)):
+        Image.new("RGB", (64, 48), (40, 40, 40)).save(path)
+    store.close()
+    client = create_app(config).test_client()
+    page = client.get(f"/study/{item_id}").get_data(as_text=True)
+    assert "NOT ASSESSED" in page and "this is a CT scan (DICOM Modality &#39;CT&#39;)" in page
+    assert "FRACTURE SUSPECTED" not in page and "no fracture detected" not in page
+    api = client.get(f"/api/results/{item_id}").get_json()
+    assert api["eligible"] is False and api["not_assessed"] == reasons and api["sides"] == []
+    history = client.get("/").get_data(as_text=True)
+    assert "NOT ASSESSED" in history
