@@ -43,7 +43,7 @@ def safe_stem(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hipcad.runtime.backends import CHOICES, open_backend
+    from hipcad.runtime.backends import CHOICES, open_backend, triton
     from hipcad.runtime.inference.overlay import OVERLAY_SUFFIX
     from hipcad.runtime.inference.pipeline import Pipeline
     from hipcad.runtime.model.bundle import load_bundle
@@ -59,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
     parser.add_argument("--backend", default="auto", choices=CHOICES, help="inference backend (default: auto)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    triton.add_arguments(parser)
     args = parser.parse_args(argv)
     command_logging(args.verbose)
 
     try:
         bundle = load_bundle(args.model)
-        backend = open_backend(args.backend, bundle)
+        backend = open_backend(args.backend, bundle, **triton.options_from_args(args, args.backend))
     except HipcadError as err:
         print(f"hipcad predict: {err}", file=sys.stderr)
         return 2

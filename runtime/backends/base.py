@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class Backend:
-    #: registry name ("onnxruntime", "tensorrt", "torch")
+    #: registry name ("onnxruntime", "tensorrt", "torch", "triton")
     name: str = "base"
     #: numeric precision the outputs are computed in ("fp32" | "fp16" | "int8"); selects self-test tolerances
     precision: str = "fp32"
