@@ -49,7 +49,9 @@ class BackendChoice:
         try:
             backend = self._open("triton")
         except HipcadError as err:
-            return self._go_local(f"inference server {self.config.triton_url} not used: {err}", store)
+            why = f"inference server {self.config.triton_url} not used: {err}"
+            log.error("%s", why)
+            return self._go_local(why, store)
         self._server_in_use(backend, store)
         return backend
 
@@ -94,7 +96,6 @@ class BackendChoice:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _go_local(self, why: str, store: Store):
-        log.error("%s", why)
         backend = self._open(self.config.local_backend)  # HipcadError: nothing can read here
         message = f"{why}; reading on this box with {backend.name} ({backend.device}) until the server answers"
         self._fell_back(message, store)
