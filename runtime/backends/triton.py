@@ -240,11 +240,11 @@ class TritonBackend(Backend):
         return (stats.get("model_stats") or [{}])[0]
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser, url_flags: tuple[str, ...] = ("--triton-url",)) -> None:
     """The command-line options of the triton backend (predict, bench, parity)."""
     group = parser.add_argument_group("triton backend (--backend triton)")
-    group.add_argument("--triton-url", metavar="HOST:PORT", help="the Triton server (gRPC port, or HTTP port with "
-                       "--triton-protocol http)")
+    group.add_argument(*url_flags, dest="triton_url", metavar="HOST:PORT", help="the Triton server (gRPC port, or HTTP "
+                       "port with --triton-protocol http)")
     group.add_argument("--triton-model", metavar="NAME", help="model name on the server (default: hipcad_<bundle name>)")
     group.add_argument("--triton-protocol", choices=PROTOCOLS, default="grpc", help="default: grpc")
     group.add_argument("--triton-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="per request (default 10)")
