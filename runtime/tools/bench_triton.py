@@ -31,6 +31,8 @@ def add_arguments(parser) -> None:
                         help="with --triton: simulated boxes at once, one or more counts (default 1 4 8)")
     parser.add_argument("--per-client", type=int, default=10, metavar="K",
                         help="with --triton: radiographs each simulated box reads (default 10)")
+    parser.add_argument("--inputs", nargs="+", metavar="FILE", help="with --triton: the radiographs to read "
+                        "(default: the bench's, made in --workdir)")
     triton.add_arguments(parser, url_flags=("--triton", "--triton-url"))
 
 
@@ -47,7 +49,10 @@ def run(args) -> int:
         print("hipcad bench: --clients and --per-client must be at least 1", file=sys.stderr)
         return 2
     try:
-        inputs = [p for p in make_inputs(Path(args.workdir)).values() if isinstance(p, Path)]
+        if args.inputs:
+            inputs = [Path(p) for p in args.inputs]
+        else:
+            inputs = [p for p in make_inputs(Path(args.workdir)).values() if isinstance(p, Path)]
         bundle = load_bundle(args.model)
         options = triton.options_from_args(args, "triton")
         probe = open_backend("triton", bundle, selftest=False, **options)  # statistics only
@@ -114,7 +119,7 @@ def _load(make_backend, bundle, clients: int, args, inputs, probe=None) -> dict:
     for thread in threads:
         thread.start()
     ready.wait()
-    before = probe.statistics() if probe else None
+    before = settled_statistics(probe) if probe else None
     go.wait()
     start = time.perf_counter()
     for thread in threads:
@@ -125,8 +130,24 @@ def _load(make_backend, bundle, clients: int, args, inputs, probe=None) -> dict:
            "wall_s": round(wall, 2), "radiographs_per_s": round(len(total) / wall, 2) if wall else None,
            "e2e_ms": pct(total) if total else None, "inference_ms": pct(inference) if inference else None}
     if probe:
-        row["server_stats"] = server_delta(before, probe.statistics())
+        row["server_stats"] = server_delta(before, settled_statistics(probe))
     return row
+
+
+def settled_statistics(probe, timeout: float = 5.0) -> dict:
+    """The server's statistics once no request is in flight: Triton counts a request only after its
+    response has been sent, so a snapshot taken right after the last response can miss it."""
+    def requests(stats):
+        return int(((stats.get("inference_stats") or {}).get("success") or {}).get("count") or 0)
+
+    stats, deadline = probe.statistics(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = probe.statistics()
+        if requests(again) == requests(stats):
+            return again
+        stats = again
+    return stats
 
 
 def server_delta(before: dict, after: dict) -> dict:
