@@ -68,8 +68,8 @@ def run(args) -> int:
                     row = _load(lambda: open_backend("triton", bundle, **options), bundle, clients, args, inputs, probe)
                 else:
                     threads = max(1, (os.cpu_count() or 1) // clients)
-                    row = _load(lambda: open_backend("onnxruntime", bundle, device="cpu", threads=threads), bundle,
-                                clients, args, inputs)
+                    row = _load(lambda threads=threads: open_backend("onnxruntime", bundle, device="cpu", threads=threads),
+                                bundle, clients, args, inputs)
                     row["ort_threads_per_pipeline"] = threads
                 report["runs"].append(row)
                 if not args.json:
