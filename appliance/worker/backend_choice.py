@@ -21,6 +21,7 @@ import time
 from hipcad.appliance.config import Config
 from hipcad.appliance.storage.store import Store
 from hipcad.runtime.backends import AUTO_ORDER
+from hipcad.runtime.backends.triton import address, model_name_for
 from hipcad.runtime.errors import HipcadError
 
 log = logging.getLogger("hipcad.worker")
@@ -32,8 +33,9 @@ class BackendChoice:
         #: reading through a Triton server is wanted (it may be down)
         self.remote = config.backend == "triton"
         self.info: dict = {}
-        self._server: dict = {"url": config.triton_url, "protocol": config.triton_protocol, "in_use": False,
-                              "since": None, "error": None, "next_try_at": None}
+        tls = config.triton_tls or bool(config.triton_ca or config.triton_cert)
+        self._server: dict = {"url": address(config.triton_url, config.triton_protocol, tls), "model": config.triton_model
+                              or model_name_for(bundle), "in_use": False, "since": None, "error": None, "next_try_at": None}
         self._next_try = float("inf")
 
     def _open(self, name: str):
@@ -49,7 +51,7 @@ class BackendChoice:
         try:
             backend = self._open("triton")
         except HipcadError as err:
-            why = f"inference server {self.config.triton_url} not used: {err}"
+            why = f"inference server {self._server['url']} not used: {err}"
             log.error("%s", why)
             return self._go_local(why, store)
         self._server_in_use(backend, store)
@@ -61,7 +63,7 @@ class BackendChoice:
         log.error("backend %s failed at run time: %s", current, failure)
         backend.deactivate()
         if current == "triton":
-            return self._go_local(f"inference server {self.config.triton_url} failed at run time ({failure})", store)
+            return self._go_local(f"inference server {self._server['url']} failed at run time ({failure})", store)
         order = list(AUTO_ORDER)
         for name in order[order.index(current) + 1:] if current in order else []:
             try:
@@ -87,7 +89,7 @@ class BackendChoice:
             self._publish(backend, store, runtime_fallback=self.info.get("runtime_fallback"))
             return backend
         backend.deactivate()
-        message = f"inference server {self.config.triton_url} answers again: reading on {server.device}"
+        message = f"inference server {self._server['url']} answers again: reading on {server.device}"
         log.warning("%s", message)
         store.add_event("return", message)
         store.count("backend_returns")
@@ -116,8 +118,7 @@ class BackendChoice:
 
     def _server_in_use(self, backend, store: Store) -> None:
         self._next_try = float("inf")
-        self._server.update(in_use=True, since=time.time(), error=None, next_try_at=None, url=backend.address,
-                            model=backend.model, served=backend.served)
+        self._server.update(in_use=True, since=time.time(), error=None, next_try_at=None, served=backend.served)
         self._publish(backend, store)
 
     def _publish(self, backend, store: Store, runtime_fallback: str | None = None) -> None:

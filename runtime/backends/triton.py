@@ -62,6 +62,11 @@ def model_name_for(bundle: "Bundle") -> str:
     return "hipcad_" + re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.name)
 
 
+def address(url: str, protocol: str = "grpc", tls: bool = False) -> str:
+    """How a server is named in messages: ``grpc://host:8001``, ``grpcs://…`` with TLS, ``http(s)://…``."""
+    return f"{protocol}{'s' if tls else ''}://{re.sub(r'^(grpc|https?)://', '', url).rstrip('/')}"
+
+
 def identity_parameters(bundle: "Bundle", precision: str | None = None) -> dict[str, str]:
     """The bundle's identity as Triton model-config parameters (string values)."""
     return {
@@ -113,7 +118,7 @@ class TritonBackend(Backend):
 
     @property
     def address(self) -> str:
-        return f"{self.protocol}{'s' if self.tls else ''}://{self.url}"
+        return address(self.url, self.protocol, self.tls)
 
     # -- life cycle -------------------------------------------------------------------------
     def activate_impl(self) -> None:
