@@ -247,7 +247,7 @@ class TritonBackend(Backend):
 
 def add_arguments(parser, url_flags: tuple[str, ...] = ("--triton-url",)) -> None:
     """The command-line options of the triton backend (predict, bench, parity)."""
-    group = parser.add_argument_group("triton backend (--backend triton)")
+    group = parser.add_argument_group("Triton Inference Server (--backend triton)")
     group.add_argument(*url_flags, dest="triton_url", metavar="HOST:PORT", help="the Triton server (gRPC port, or HTTP "
                        "port with --triton-protocol http)")
     group.add_argument("--triton-model", metavar="NAME", help="model name on the server (default: hipcad_<bundle name>)")

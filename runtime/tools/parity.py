@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         "FP16: 5e-2 both). Exit status 0 when every pair agrees, 1 when one does not, 2 when a backend cannot run.",
     )
     parser.add_argument("bundle", help="model bundle folder")
-    parser.add_argument("--backends", default="onnxruntime,torch", help="comma-separated, e.g. tensorrt,onnxruntime,torch or triton,onnxruntime")
+    parser.add_argument("--backends", default="onnxruntime,torch",
+                        help="comma-separated, e.g. tensorrt,onnxruntime,torch or triton,onnxruntime")
     parser.add_argument("--count", type=int, default=8, help="reference half-images to compare (default 8)")
     parser.add_argument("--inputs", nargs="*", default=[], metavar="FILE", help="radiographs whose halves are compared too")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
