@@ -10,8 +10,15 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.14.1 torchvision==0.29.1
 # Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
 APT_PACKAGES := dcmtk libgdcm-tools chromium orthanc
+# The Triton server side (`hipcad serve` and the tests that start a real tritonserver) lives in a venv of
+# its own: NVIDIA PyTriton's Python backend needs numpy<2, the product venv has numpy 2 (opencv, via grad-cam).
+# It is made from the same base Python: the backend's stub links that interpreter's libpython3.X.so
+# (`hipcad serve --check` verifies it and the rest of the set-up).
+TRITON_VENV ?= .venv-triton
+# Debian's shared libpython (the stub's), where the base Python is Debian's
+APT_PACKAGES += $(shell test -x /usr/bin/python3.11 && echo libpython3.11)
 
-.PHONY: setup system-deps demo test gpu-check demo-model demo-eval clean
+.PHONY: setup triton-env system-deps demo test gpu-check demo-model demo-eval clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(BASE_PYTHON) -m venv $(VENV)
@@ -21,6 +28,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 setup: $(VENV)/.installed
+
+$(TRITON_VENV)/.installed: pyproject.toml Makefile
+	rm -rf $(TRITON_VENV)
+	$(BASE_PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q -e '.[serve]'
+	$(TRITON_VENV)/bin/hipcad serve --check
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,8 +51,8 @@ system-deps:
 demo: setup
 	$(VENV)/bin/hipcad demo
 
-test: setup system-deps
-	$(PY) -m pytest
+test: setup system-deps triton-env
+	HIPCAD_TRITON_ENV=$(abspath $(TRITON_VENV)) $(PY) -m pytest
 
 # The shipped demo model (runtime/model/demo): TinyNet-C (a small EfficientNet) at 256 px, trained
 # from scratch (no pretrained weights can be downloaded here) on 1600 synthetic phantoms with box
@@ -79,4 +96,4 @@ gpu-check: $(GPU_VENV)/.installed
 	$(GPU_VENV)/bin/hipcad gpu-check .cache/gpu/b4 --out .cache/gpu/gpu-check.json --cache-dir .cache/gpu/engines $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) .cache build *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) $(TRITON_VENV) .cache build *.egg-info

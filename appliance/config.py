@@ -19,9 +19,11 @@ import tomllib
 from hipcad.runtime.errors import HipcadError
 
 ENV_PREFIX = "HIPCAD_"
-# the worker's backends (not torch: a box has none); onnxruntime-cuda / -tensorrt need onnxruntime-gpu
-BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+# the worker's backends (not torch: a box has none); onnxruntime-cuda / -tensorrt need onnxruntime-gpu;
+# triton: a regional server (local_backend reads while it is unreachable)
+BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "triton")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LOCAL_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
 
 class ConfigError(HipcadError):
@@ -35,6 +37,17 @@ class Config:
     data_dir: Path = Path("/var/lib/hipcad/data")
     model: str = ""  # model bundle folder; empty = the bundled demo model
     backend: str = "auto"  # one of BACKENDS
+    # -- a regional Triton Inference Server (backend = "triton") ------------------------------------
+    triton_url: str = ""  # HOST:PORT of its gRPC (or, with triton_protocol = "http", HTTP) endpoint
+    triton_model: str = ""  # model name on the server; empty: hipcad_<bundle name>
+    triton_protocol: str = "grpc"  # grpc | http
+    triton_timeout_s: float = 5.0  # per request
+    triton_tls: bool = False
+    triton_ca: str = ""  # CA certificate (PEM) of the server's certificate; empty: the system's roots
+    triton_cert: str = ""  # this box's client certificate (PEM), for mutual TLS
+    triton_key: str = ""  # and its private key
+    triton_retry_s: float = 30.0  # while reading locally, how often the server is tried again
+    local_backend: str = "auto"  # the box's own backend while the server is unreachable: auto | onnxruntime | tensorrt
     polling: bool = False  # PollingObserver instead of inotify (network shares)
     poll_interval_s: float = 2.0
     rescan_interval_s: float = 60.0
@@ -78,9 +91,20 @@ class Config:
     def needs_auth(self) -> bool:
         return self.kiosk_bind not in LOOPBACK or bool(self.kiosk_password_hash)
 
+    def backend_options(self, name: str) -> dict:
+        """open_backend keyword options for backend ``name``."""
+        if name != "triton":
+            return {}
+        return {"url": self.triton_url, "model": self.triton_model or None, "protocol": self.triton_protocol,
+                "timeout_s": self.triton_timeout_s, "tls": self.triton_tls, "ca": self.triton_ca or None,
+                "cert": self.triton_cert or None, "key": self.triton_key or None}
+
     def validate(self) -> "Config":
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.local_backend not in LOCAL_BACKENDS:
+            raise ConfigError(f"local_backend must be {', '.join(LOCAL_BACKENDS)}, not {self.local_backend!r}")
+        self._validate_triton()
         for name in ("poll_interval_s", "rescan_interval_s", "heartbeat_stale_s", "watchdog_stale_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -97,6 +121,24 @@ class Config:
             raise ConfigError("hot_folder and data_dir must be different folders")
         return self
 
+
+    def _validate_triton(self) -> None:
+        if self.backend == "triton" and not self.triton_url:
+            raise ConfigError("backend = \"triton\" needs triton_url (HOST:PORT of the inference server)")
+        if self.triton_protocol not in ("grpc", "http"):
+            raise ConfigError(f"triton_protocol must be grpc or http, not {self.triton_protocol!r}")
+        if self.triton_retry_s <= 0 or self.triton_timeout_s <= 0:
+            raise ConfigError("triton_retry_s and triton_timeout_s must be positive")
+        if self.triton_timeout_s * 2 > self.watchdog_stale_s:
+            # the inference thread waits on the server; systemd's watchdog must not take that for a hang
+            raise ConfigError(f"triton_timeout_s ({self.triton_timeout_s:g}) must be at most half of watchdog_stale_s "
+                              f"({self.watchdog_stale_s:g})")
+        if bool(self.triton_cert) != bool(self.triton_key):
+            raise ConfigError("triton_cert and triton_key go together (mutual TLS)")
+        for name in ("triton_ca", "triton_cert", "triton_key"):
+            path = getattr(self, name)
+            if self.backend == "triton" and path and not Path(path).is_file():
+                raise ConfigError(f"{name}: {path} does not exist")
 
     def _validate_dicom(self) -> None:
         if not 0 <= self.dicom_port < 65536:

@@ -38,7 +38,7 @@ def health(store: Store, config: Config, model_fallback: dict | None = None) -> 
             "disk_free_mb": worker.get("disk_free_mb"),
             "min_free_mb": worker.get("min_free_mb", config.min_free_mb),
         },
-        "backend": {**backend, "fallbacks": [{**e, "at": iso(e["at"])} for e in store.events("fallback", 10)]},
+        "backend": backend_health(store, backend),
         "model": model,
         "queue": {"queued": counts["queued"], "processing": counts["processing"]},
         "counts": {
@@ -47,10 +47,22 @@ def health(store: Store, config: Config, model_fallback: dict | None = None) -> 
             "quarantined": counters.get("quarantined", 0),
             "duplicates": counters.get("duplicates", 0),
             "backend_fallbacks": counters.get("backend_fallbacks", 0),
+            "backend_returns": counters.get("backend_returns", 0),
         },
         "read_first": config.read_first,
         "dicom": dicom_health(store, config, worker, up),
     }
+
+
+def backend_health(store: Store, backend: dict) -> dict:
+    """The backend in use, as the worker last published it; with a regional inference server
+    configured, ``server``: whether it is in use, since when, its last error and the next try."""
+    out = {**backend, "fallbacks": [{**e, "at": iso(e["at"])} for e in store.events("fallback", 10)]}
+    server = backend.get("server")
+    if server:
+        out["server"] = {**server, "since": iso(server.get("since")), "next_try_at": iso(server.get("next_try_at"))}
+        out["returns"] = [{**e, "at": iso(e["at"])} for e in store.events("return", 10)]
+    return out
 
 
 def dicom_health(store: Store, config: Config, worker: dict, worker_up: bool) -> dict:

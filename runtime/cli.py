@@ -27,11 +27,14 @@ COMMANDS = {
     "kiosk": ("hipcad.appliance.kiosk.cli:main", "results screen, JSON API and /metrics over the result store (waitress; auth off loopback)"),
     "demo": ("hipcad.appliance.demo:main", "worker + kiosk on the demo model with a temporary hot folder and sample radiographs"),
     "parity": ("hipcad.runtime.tools.parity:main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
+    "triton-repo": ("hipcad.runtime.serving.repository:main", "bundle -> Triton Inference Server model repository (onnxruntime, tensorrt or python)"),
+    "serve": ("hipcad.runtime.serving.serve:main", "serve a bundle from a CPU tritonserver (NVIDIA PyTriton's) for the boxes of a region"),
 }
 # the extra that installs a missing top-level package
 EXTRA_FOR = {"torch": "export", "torchvision": "export", "timm": "export", "onnx": "export", "onnxscript": "export",
              "flask": "appliance", "watchdog": "appliance", "waitress": "appliance", "pynetdicom": "appliance",
-             "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt", "onnxruntime": "cpu|gpu"}
+             "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt", "onnxruntime": "cpu|gpu",
+             "tritonclient": "triton", "pytriton": "serve"}
 
 
 def main(argv: list[str] | None = None) -> int:

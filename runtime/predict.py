@@ -76,7 +76,7 @@ def safe_stem(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hipcad.runtime.backends import CHOICES, open_backend
+    from hipcad.runtime.backends import CHOICES, open_backend, triton
     from hipcad.runtime.inference.overlay import HEATMAP_MODES, OVERLAY_SUFFIX
     from hipcad.runtime.inference.pipeline import Pipeline
     from hipcad.runtime.model.bundle import load_bundle
@@ -96,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-ineligible", action="store_true",
                         help="research only: also score images the model is not for (they stay \"eligible\": false)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    triton.add_arguments(parser)
     args = parser.parse_args(argv)
     command_logging(args.verbose)
 
     try:
         bundle = load_bundle(args.model)
-        backend = open_backend(args.backend, bundle)
+        backend = open_backend(args.backend, bundle, **triton.options_from_args(args, args.backend))
     except HipcadError as err:
         print(f"hipcad predict: {err}", file=sys.stderr)
         return 2

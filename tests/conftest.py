@@ -73,3 +73,49 @@ def fake_gpu():
         for name in _fake_modules():
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def demo_variant(out: Path, *, onnx_doc: str | None = None, operating_point: str | None = None) -> Path:
+    """A copy of the demo bundle that is another model: a different ONNX file (same graph, another
+    doc string, so another sha256) or another operating point."""
+    import hashlib
+    import json
+    import shutil
+
+    from hipcad.runtime.model.bundle import DEFAULT_BUNDLE
+
+    shutil.copytree(DEFAULT_BUNDLE, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if onnx_doc is not None:
+        import onnx
+
+        model = onnx.load(out / "model.onnx")
+        model.doc_string = onnx_doc
+        onnx.save(model, out / "model.onnx")
+        manifest["onnx"]["sha256"] = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    if operating_point is not None:
+        manifest["operating_points"][operating_point] = {"threshold": 0.25}
+        manifest["operating_point"] = operating_point
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory):
+    """One real tritonserver for the run (`hipcad serve` of the server venv) serving the demo bundle
+    as ``hipcad_demo``, and, in the same repository, two other models: ``impostor`` (another ONNX
+    file) and ``other_point`` (the demo with another operating point)."""
+    from hipcad.runtime.model.bundle import DEFAULT_BUNDLE, load_bundle
+    from hipcad.runtime.serving.repository import write_repository
+    from tests.helpers import Serve, triton_env
+
+    triton_env()  # skip (or fail under `make test`) before making anything
+    work = tmp_path_factory.mktemp("triton")
+    repo = work / "repository"
+    write_repository(load_bundle(demo_variant(work / "impostor", onnx_doc="another model")), repo, "python",
+                     model_name="impostor", ort_threads=1)
+    write_repository(load_bundle(demo_variant(work / "other", operating_point="high_sensitivity")), repo, "python",
+                     model_name="other_point", ort_threads=1)
+    server = Serve(DEFAULT_BUNDLE, work, "--repo", str(repo)).start()
+    yield server
+    server.stop()

@@ -203,3 +203,97 @@ TINY_HEATMAP_LAYERS = {"div", "node_cam_mul", "node_cam_sum", "node_cam_relu"}
 DEMO_BUNDLE = REPO / "runtime" / "model" / "demo"
 # the same in the shipped demo model (TinyNet-C, exported by export/onnx_export.py)
 DEMO_HEATMAP_LAYERS = {"div", "node_mul_1128", "node_sum_1", "node_relu"}
+
+
+# -- a real tritonserver (NVIDIA PyTriton's), through `hipcad serve` of the server venv -----------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def triton_env() -> Path:
+    """The server venv (`make triton-env`): $HIPCAD_TRITON_ENV, else the repository's .venv-triton.
+
+    `make test` sets HIPCAD_TRITON_ENV, and then a missing or broken server venv fails the tests;
+    without it (pytest run by hand) a missing .venv-triton skips them, saying how to make it."""
+    import os
+
+    import pytest
+
+    named = os.environ.get("HIPCAD_TRITON_ENV")
+    env = Path(named) if named else REPO / ".venv-triton"
+    if not (env / "bin" / "hipcad").exists():
+        if named:
+            pytest.fail(f"HIPCAD_TRITON_ENV={named} has no hipcad: run `make triton-env`")
+        pytest.skip("no server venv for tritonserver: run `make triton-env` (made by `make test`)")
+    return env
+
+
+class Serve:
+    """`hipcad serve BUNDLE` of the server venv as a subprocess on free loopback ports."""
+
+    def __init__(self, bundle, workdir: Path, *args: str) -> None:
+        self.bundle, self.workdir, self.args = str(bundle), Path(workdir), list(args)
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.log = self.workdir / "serve.log"
+        self.proc: subprocess.Popen | None = None
+        self.server_pid: int | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 120.0) -> "Serve":
+        import re
+        import time
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        offset = self.log.stat().st_size if self.log.exists() else 0  # the log accumulates across restarts
+        exe = triton_env() / "bin" / "hipcad"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(exe), "serve", self.bundle, "--grpc-port", str(self.grpc_port),
+                                          "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
+                                          *self.args], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(rb"tritonserver pid (\d+), ready", self.log.read_bytes()[offset:])
+            if match:
+                self.server_pid = int(match[1])
+                return self
+            assert self.proc.poll() is None, self.text()[-3000:]
+            time.sleep(0.1)
+        raise AssertionError(f"hipcad serve not ready within {timeout:.0f} s:\n{self.text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the tritonserver itself (a crash), then wait for hipcad serve to notice."""
+        import os
+        import signal
+
+        os.kill(self.server_pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> "Serve":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -2,7 +2,7 @@
 
 - the device packages (``hipcad.runtime`` without its workstation subpackages, and
   ``hipcad.appliance``) never import the workstation packages (``hipcad.runtime.evaluation``,
-  ``hipcad.runtime.synth``, ``hipcad.runtime.tools``, ``hipcad.export``) or torch when they are
+  ``hipcad.runtime.synth``, ``hipcad.runtime.tools``, ``hipcad.runtime.serving``, ``hipcad.export``) or torch when they are
   imported, and the runtime's device packages not even inside a function, but for the few
   allowed below;
 - ``hipcad.runtime`` never imports ``hipcad.appliance`` or ``hipcad.export``.
@@ -26,7 +26,8 @@ import hipcad.runtime
 
 TOPS = (hipcad.runtime, hipcad.appliance, hipcad.export)
 
-WORKSTATION = ("hipcad.runtime.evaluation", "hipcad.runtime.synth", "hipcad.runtime.tools", "hipcad.export")
+WORKSTATION = ("hipcad.runtime.evaluation", "hipcad.runtime.synth", "hipcad.runtime.tools", "hipcad.runtime.serving",
+               "hipcad.export")
 FORBIDDEN_FOR_DEVICE = (*WORKSTATION, "torch", "torchvision", "timm")
 # (importing module, imported package): allowed inside a function only, for a reason
 ALLOWED_LAZY = {

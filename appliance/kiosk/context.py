@@ -61,7 +61,7 @@ def version(h: dict) -> str:
     dicom = h["dicom"]
     listener = dicom["listener"]
     pacs = ",".join(f"{d['queue']}/{d['sent']}/{d['last_error_at']}" for d in dicom["destinations"])
-    return (f"{store().version()}|{keys}|{h['queue']['queued'] + h['queue']['processing']}"
+    return (f"{store().version()}|{keys}|{h['backend'].get('name')}|{h['queue']['queued'] + h['queue']['processing']}"
             f"|{listener['up']}:{listener['received']}|{pacs}")
 
 
@@ -78,4 +78,5 @@ def study_context(row) -> dict:
 def page(template: str, **context):
     h = health()
     return render_template(template, health=h, banners=views.banners(h), version=version(h),
+                           inference=views.inference_place(h["backend"]),
                            read_first=config().read_first, reader=session.get("reader", ""), **context)

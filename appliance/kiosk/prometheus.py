@@ -26,6 +26,12 @@ def render(store: Store, health: dict) -> str:
     metric("hipcad_duplicates_total", "counter", "Inputs dropped as already read.", [("", counts["duplicates"])])
     metric("hipcad_backend_fallbacks_total", "counter", "Run-time fallbacks to the next backend.",
            [("", counts["backend_fallbacks"])])
+    metric("hipcad_backend_returns_total", "counter", "Returns to the regional inference server after a fallback.",
+           [("", counts["backend_returns"])])
+    server = health["backend"].get("server")
+    if server is not None:
+        metric("hipcad_inference_server_in_use", "gauge", "1 while radiographs are read on the regional inference server.",
+               [("", 1 if server.get("in_use") else 0)])
     metric("hipcad_queue_length", "gauge", "Inputs waiting or being read.",
            [("", health["queue"]["queued"] + health["queue"]["processing"])])
     worker = health["worker"]

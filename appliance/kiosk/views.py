@@ -84,14 +84,37 @@ def banners(h: dict) -> list[dict]:
     notice = notice_for(model) if model else None
     if notice:
         out.append({"level": "warning", "key": "demo-model", "text": f"{notice.banner}: {model.get('name')}"})
-    backend = h["backend"]
-    if backend.get("runtime_fallback"):
-        out.append({"level": "warning", "key": "fallback",
-                    "text": f"GPU inference failed; now running on {backend.get('device', 'CPU')} ({backend.get('name')}). "
-                            "Verdicts are unaffected; each image takes longer."})
-    elif backend.get("fallback_reason") and "gpu" not in str(backend.get("device", "")).lower() \
-            and "cuda" not in str(backend.get("device", "")).lower():
-        out.append({"level": "info", "key": "cpu",
-                    "text": f"Running on {backend.get('device', 'CPU')} ({backend.get('name')}) because the GPU backend "
-                            f"is unavailable: {backend['fallback_reason']}"})
+    out.extend(backend_banners(h["backend"]))
     return out
+
+
+def backend_banners(backend: dict) -> list[dict]:
+    server = backend.get("server")
+    if server is not None:
+        if server.get("in_use") or not backend.get("name"):
+            return []
+        since = server["since"][11:16] if server.get("since") else "start"
+        return [{"level": "warning", "key": "server-down",
+                 "text": f"INFERENCE SERVER UNREACHABLE ({server.get('url')}): this box reads the radiographs itself since "
+                         f"{since} ({backend.get('name')} on {backend.get('device', 'CPU')}). Verdicts are unaffected; "
+                         "each image takes longer. It goes back to the server as soon as the server answers."}]
+    if backend.get("runtime_fallback"):
+        return [{"level": "warning", "key": "fallback",
+                 "text": f"GPU inference failed; now running on {backend.get('device', 'CPU')} ({backend.get('name')}). "
+                         "Verdicts are unaffected; each image takes longer."}]
+    device = str(backend.get("device", "")).lower()
+    if backend.get("fallback_reason") and "gpu" not in device and "cuda" not in device:
+        return [{"level": "info", "key": "cpu",
+                 "text": f"Running on {backend.get('device', 'CPU')} ({backend.get('name')}) because the GPU backend "
+                         f"is unavailable: {backend['fallback_reason']}"}]
+    return []
+
+
+def inference_place(backend: dict) -> str | None:
+    """Where the radiographs are read, in a few words (the kiosk's header)."""
+    if not backend.get("name"):
+        return None
+    server = backend.get("server") or {}
+    if backend["name"] == "triton":
+        return f"inference: server {server.get('url') or backend.get('device')}"
+    return f"inference: this box ({backend['name']}, {backend.get('device', '?')})"

@@ -3,8 +3,9 @@
 For each queued item: the pipeline reads the spooled input; the read-first image and the result
 record are written; the input is moved to ``processed/`` (or ``quarantine/`` with its reason) and
 only then is the store row finished, naming where the input now lies. A backend that fails at run
-time (not the file's fault) hands over to the next backend in the ``auto`` order and the item is
-read again; a file that made the worker stop ``max_attempts`` times is quarantined.
+time (not the file's fault) hands over to the next one and the item is read again (which backend,
+and the return to a regional inference server: :mod:`.backend_choice`); a file that made the worker
+stop ``max_attempts`` times is quarantined.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from hipcad.appliance.config import Config
 from hipcad.appliance.dicom import results as dicom_results
 from hipcad.appliance.storage.files import DataDir, remove_quietly
 from hipcad.appliance.storage.store import Store
+from hipcad.appliance.worker.backend_choice import BackendChoice
 from hipcad.appliance.worker.intake import dump, write_reason
-from hipcad.runtime.backends import AUTO_ORDER
 from hipcad.runtime.durable import atomic_write, move_durable
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.inference.overlay import encode
@@ -35,31 +36,37 @@ class Reader:
 
     def __init__(self, config: Config, data: DataDir, bundle, truth: dict, backend_opener, forwarder=None) -> None:
         self.config, self.data, self.bundle, self.truth = config, data, bundle, truth
-        self.open_backend = backend_opener
+        self.choice = BackendChoice(config, bundle, backend_opener)
         self.forwarder = forwarder
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.ready = threading.Event()  # set once the backend is up (or could not be)
         self.fatal: str | None = None
         self.beat = time.monotonic()  # refreshed at every turn of the loop
-        self.backend_info: dict = {}
         self.pipeline: Pipeline | None = None
+
+    @property
+    def backend_info(self) -> dict:
+        return self.choice.info
 
     def run(self) -> None:
         store = Store(self.config.db_path)
         backend = None
         try:
             try:
-                backend = self.open_backend(self.config.backend, self.bundle)
+                backend = self.choice.first(store)
             except HipcadError as err:
                 self.fatal = f"no inference backend: {err}"
                 return
-            self._use(backend, store)
+            self.pipeline = self._pipeline(backend)
             if backend.fallback_reason:
                 log.warning("inference backend %s (%s); not used: %s", backend.name, backend.device, backend.fallback_reason)
             self.ready.set()
             while not self.stop.is_set():
                 self.beat = time.monotonic()
+                returned = self.choice.maybe_return(backend, store)
+                if returned is not backend:
+                    backend, self.pipeline = returned, self._pipeline(returned)
                 item = store.claim_next()
                 if item is None:
                     self.wake.wait(0.5)
@@ -75,18 +82,8 @@ class Reader:
             self.ready.set()
             store.close()
 
-    def _use(self, backend, store: Store, runtime_fallback: str | None = None) -> None:
-        self.pipeline = Pipeline(self.bundle, backend, heatmap=self.config.heatmap,
-                                 score_ineligible=self.config.score_ineligible)
-        self.backend_info = {
-            "name": backend.name,
-            "device": backend.device,
-            "precision": backend.precision,
-            "fallback_reason": backend.fallback_reason,
-            "runtime_fallback": runtime_fallback or self.backend_info.get("runtime_fallback"),
-            "load_seconds": round(backend.load_seconds or 0.0, 2),
-        }
-        store.put_state("backend", self.backend_info)
+    def _pipeline(self, backend) -> Pipeline:
+        return Pipeline(self.bundle, backend, heatmap=self.config.heatmap, score_ineligible=self.config.score_ineligible)
 
     def _process(self, item, store: Store, backend):
         item_id, sha, data = item["id"], item["sha256"], self.data
@@ -99,7 +96,9 @@ class Reader:
         if result.error_kind == "backend":
             remove_quietly(*data.result_files(item_id))
             store.requeue(item_id)
-            return self._fall_back(backend, result.failure or result.error, store)
+            backend = self.choice.failed(backend, result.failure or result.error, store)
+            self.pipeline = self._pipeline(backend)
+            return backend
         record = {
             "id": item_id,
             "status": "done" if result.ok else "failed",
@@ -147,24 +146,3 @@ class Reader:
         store.finish(item_id, "failed", error=reason, result=record)
         store.count("quarantined")
         log.warning("item %d quarantined: %s", item_id, reason)
-
-    def _fall_back(self, backend, failure, store: Store):
-        """The backend failed at run time: the next backend in AUTO_ORDER takes over."""
-        current = backend.name
-        log.error("backend %s failed at run time: %s", current, failure)
-        backend.deactivate()
-        order = list(AUTO_ORDER)
-        candidates = order[order.index(current) + 1:] if current in order else []
-        for name in candidates:
-            try:
-                new = self.open_backend(name, self.bundle)
-            except HipcadError as err:
-                log.error("fallback backend %s could not be loaded: %s", name, err)
-                continue
-            message = f"{current} failed at run time ({failure}); now using {new.name} on {new.device}"
-            log.warning("inference fell back: %s", message)
-            store.add_event("fallback", message)
-            store.count("backend_fallbacks")
-            self._use(new, store, runtime_fallback=message)
-            return new
-        raise HipcadError(f"backend {current} failed at run time and no other backend could take over: {failure}")

@@ -1,5 +1,5 @@
 """Inference backends (:mod:`.base` the interface, :mod:`.registry` by name; :mod:`.onnxrt`,
-:mod:`.pyt`, :mod:`.trt`)."""
+:mod:`.pyt`, :mod:`.trt`, :mod:`.triton`)."""
 
 from hipcad.runtime.backends.base import Backend
 from hipcad.runtime.backends.registry import (

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class Backend:
-    #: registry name ("onnxruntime", "tensorrt", "torch")
+    #: registry name ("onnxruntime", "tensorrt", "torch", "triton")
     name: str = "base"
     #: the precision the outputs were computed in, as far as the backend could verify it ("fp32" | "tf32" |
     #: "fp16" | "int8"; "tf32" = FP32 requested, TF32 not provably off); selects the self-test tolerances

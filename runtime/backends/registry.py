@@ -1,5 +1,5 @@
-"""The backend registry: backends by name, imported lazily so a CPU-only box never touches tensorrt
-or pycuda; ``open_backend`` activates and self-tests one (``auto``: the fastest that loads)."""
+"""The backend registry: backends by name, imported lazily so a CPU-only box never touches tensorrt,
+pycuda or tritonclient; ``open_backend`` activates and self-tests one (``auto``: the fastest that loads)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ BACKENDS = {
     "tensorrt": "hipcad.runtime.backends.trt.runner:TensorRTBackend",
     "onnxruntime": "hipcad.runtime.backends.onnxrt:OnnxRuntimeBackend",
     "torch": "hipcad.runtime.backends.pyt:TorchBackend",
+    # a Triton Inference Server (needs its address, so never chosen by auto)
+    "triton": "hipcad.runtime.backends.triton:TritonBackend",
 }
 # names that open a backend with options: ONNX Runtime's GPU providers (onnxruntime-gpu), asked for by name
 VARIANTS = {
     "onnxruntime-cuda": ("onnxruntime", {"device": "cuda"}),
     "onnxruntime-tensorrt": ("onnxruntime", {"device": "tensorrt"}),
 }
-# --backend auto: the fastest first
+# --backend auto: the fastest local backend first
 AUTO_ORDER = ("tensorrt", "onnxruntime")
 CHOICES = ("auto", *BACKENDS, *VARIANTS)
 

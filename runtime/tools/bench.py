@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from hipcad.runtime.backends import CHOICES, open_backend
     from hipcad.runtime.inference.pipeline import Pipeline
     from hipcad.runtime.model.bundle import load_bundle
+    from hipcad.runtime.tools import bench_triton
     from hipcad.runtime.tools.bench_inputs import make_inputs
 
     parser = argparse.ArgumentParser(prog="hipcad bench", description=__doc__)
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-images", type=int, default=5, help="timed radiographs for the baseline (default 5)")
     parser.add_argument("--workdir", default=".cache/bench", help="where the benchmark radiographs are made and kept")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_triton.add_arguments(parser)  # --triton HOST:PORT --clients N...: simulated boxes on one server
     args = parser.parse_args(argv)
+    if args.triton_url:
+        return bench_triton.run(args)
 
     try:
         inputs = make_inputs(Path(args.workdir))

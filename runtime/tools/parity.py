@@ -27,7 +27,7 @@ def gather_inputs(bundle, files: list[str], count: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hipcad.runtime.backends import CHOICES, open_backend
+    from hipcad.runtime.backends import CHOICES, open_backend, triton
     from hipcad.runtime.model.bundle import load_bundle
 
     parser = argparse.ArgumentParser(
@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         "FP16: 5e-2 both). Exit status 0 when every pair agrees, 1 when one does not, 2 when a backend cannot run.",
     )
     parser.add_argument("bundle", help="model bundle folder")
-    parser.add_argument("--backends", default="onnxruntime,torch", help="comma-separated, e.g. tensorrt,onnxruntime,torch")
+    parser.add_argument("--backends", default="onnxruntime,torch",
+                        help="comma-separated, e.g. tensorrt,onnxruntime,torch or triton,onnxruntime")
     parser.add_argument("--count", type=int, default=8, help="reference half-images to compare (default 8)")
     parser.add_argument("--inputs", nargs="*", default=[], metavar="FILE", help="radiographs whose halves are compared too")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    triton.add_arguments(parser)
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     bad = [n for n in names if n not in CHOICES]
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(args.bundle)
         images = gather_inputs(bundle, args.inputs, args.count)
         for name in names:
-            with open_backend(name, bundle) as backend:
+            with open_backend(name, bundle, **triton.options_from_args(args, name, tuple(names))) as backend:
                 outputs[name] = backend.infer(images)
                 info[name] = {"backend": backend.name, "device": backend.device, "precision": backend.precision,
                               "precision_note": backend.precision_note}

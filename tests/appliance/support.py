@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port  # noqa: F401 - re-exported for the appliance tests
+
 VENV_BIN = Path(sys.executable).parent
 HIPCAD = VENV_BIN / "hipcad"
 
@@ -215,14 +217,6 @@ def kiosk_client(config_path: Path):
     from hipcad.appliance.kiosk import create_app
 
     return create_app(load_config(config_path, environ={})).test_client()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def need_binary(name: str, package: str) -> str:

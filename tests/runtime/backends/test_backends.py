@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -14,17 +15,21 @@ from hipcad.runtime.backends import BACKENDS, backend_class, open_backend
 from hipcad.runtime.errors import BackendUnavailableError, SelfTestError
 from hipcad.runtime.model.bundle import Bundle
 from hipcad.runtime.model.selftest import reference_inputs
-from tests.helpers import run_cli
+from tests.helpers import Serve, run_cli
 
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(BACKENDS))
-def test_backend_conformance(name, b4_bundle):
+def test_backend_conformance(name, b4_bundle, tmp_path):
     ok, why = backend_class(name).availability()
     if not ok:
         pytest.skip(f"{name} not available here: {why}")
     bundle = Bundle(b4_bundle)
-    with open_backend(name, bundle) as backend:
+    with contextlib.ExitStack() as stack:
+        options = {}
+        if name == "triton":  # a real tritonserver serving the same bundle (`hipcad serve` of the server venv)
+            options["url"] = stack.enter_context(Serve(b4_bundle, tmp_path / "serve", "--ort-threads", "1")).grpc_url
+        backend = stack.enter_context(open_backend(name, bundle, **options))
         assert backend.selftest["agree"] is True
         images = reference_inputs(3, bundle.input_hw, seed=11)
         logits, cam = backend.infer(images)
