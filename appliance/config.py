@@ -58,10 +58,24 @@ class Config:
     dicom_bind: str = "127.0.0.1"
     dicom_ae_title: str = "HIPCAD"  # ours: called AE of the listener, calling AE towards PACS
     dicom_allowed_aets: list[str] = field(default_factory=list)  # calling AE titles accepted (empty: any)
-    dicom_allowed_hosts: list[str] = field(default_factory=list)  # addresses / networks accepted (empty: any)
+    dicom_allowed_hosts: list[str] = field(default_factory=list)  # addresses / networks accepted (required)
+    dicom_max_pdu: int = 262144  # Maximum Length Receive we advertise and enforce on every PDU
+    dicom_max_object_mb: int = 256  # largest C-STORE data set accepted (0xA700 Out of Resources beyond)
+    dicom_max_associations: int = 4  # established associations at once
+    dicom_max_connections: int = 8  # TCP connections at once, negotiating ones included
+    dicom_max_pending_per_host: int = 2  # connections per host not yet associated (half-open)
+    dicom_handshake_s: float = 10.0  # connect -> TLS -> association accepted, at most
+    dicom_tls: bool = False  # the listener speaks DICOM TLS only (client certificate required)
+    dicom_tls_cert: str = ""  # our certificate (PEM), also presented to PACS unless pacs_tls_cert
+    dicom_tls_key: str = ""
+    dicom_tls_ca: str = ""  # the CA that issued the modalities' client certificates
     pacs_destinations: list[str] = field(default_factory=list)  # "AE@host:port": results go there
     pacs_retry_initial_s: float = 10.0
     pacs_retry_max_s: float = 600.0
+    pacs_tls: bool = False  # results to PACS over DICOM TLS
+    pacs_tls_ca: str = ""  # the CA that issued the PACS certificates
+    pacs_tls_cert: str = ""  # our client certificate towards PACS (default: dicom_tls_cert)
+    pacs_tls_key: str = ""
     #: where the config came from (not a key)
     source: str = field(default="defaults", compare=False)
 
@@ -103,10 +117,22 @@ class Config:
                 ipaddress.ip_network(host, strict=False)
             except ValueError:
                 raise ConfigError(f"dicom_allowed_hosts: {host!r} is not an IP address or network (e.g. 10.1.2.0/24)") from None
-        if self.dicom_port and not self.dicom_allowed_aets and not self.dicom_allowed_hosts:
-            raise ConfigError("dicom_port is set but neither dicom_allowed_aets nor dicom_allowed_hosts is: the listener "
-                              "would accept anyone; list the modalities (or set dicom_allowed_hosts = [\"0.0.0.0/0\"] "
-                              "deliberately)")
+        if self.dicom_port and not self.dicom_allowed_hosts:
+            raise ConfigError("dicom_port is set but dicom_allowed_hosts is not: the listener would accept anyone (a "
+                              "calling AE title is whatever the caller says); list the modalities' addresses (or set "
+                              "dicom_allowed_hosts = [\"0.0.0.0/0\", \"::/0\"] deliberately: it is logged at every start)")
+        for name, low in (("dicom_max_pdu", 4096), ("dicom_max_object_mb", 1), ("dicom_max_associations", 1),
+                          ("dicom_max_connections", 1), ("dicom_max_pending_per_host", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be at least {low}")
+        if self.dicom_max_connections < self.dicom_max_associations:
+            raise ConfigError("dicom_max_connections must be at least dicom_max_associations")
+        if self.dicom_handshake_s <= 0:
+            raise ConfigError("dicom_handshake_s must be positive")
+        if self.dicom_tls and not (self.dicom_tls_cert and self.dicom_tls_key and self.dicom_tls_ca):
+            raise ConfigError("dicom_tls needs dicom_tls_cert, dicom_tls_key and dicom_tls_ca (the modalities' CA)")
+        if self.pacs_tls and not self.pacs_tls_ca:
+            raise ConfigError("pacs_tls needs pacs_tls_ca (the CA that issued the PACS certificates)")
         seen = set()
         for text in self.pacs_destinations:
             key = parse_destination(text)

@@ -63,6 +63,8 @@ class Worker:
         try:
             self.bundle = load_bundle(config.model or None)
             truth = load_truth(config.truth_labels)
+            if config.pacs_destinations:
+                self.forwarder = Forwarder(config, self.data)
         except HipcadError as err:
             log.error("cannot start: %s", err)
             return 2
@@ -71,8 +73,6 @@ class Worker:
         store = Store(config.db_path)
         reconcile(store, self.data)
         self.started_at = time.time()
-        if config.pacs_destinations:
-            self.forwarder = Forwarder(config, self.data)
         reader = self.reader = Reader(config, self.data, self.bundle, truth, self.open_backend, self.forwarder)
         self._thread = threading.Thread(target=reader.run, name="inference", daemon=True)
         self._thread.start()
@@ -169,9 +169,11 @@ class Worker:
     def _start_listener(self, store: Store) -> None:
         try:
             self.listener.start()
-        except OSError as err:
-            log.error("DICOM listener not started: %s (retrying every %.0f s)", err.strerror or err, LISTENER_RETRY_S)
-            store.add_event("dicom", self.listener.error or str(err))
+        except (OSError, HipcadError) as err:
+            self.listener.error = self.listener.error or str(err)
+            log.error("DICOM listener not started: %s (retrying every %.0f s)", getattr(err, "strerror", None) or err,
+                      LISTENER_RETRY_S)
+            store.add_event("dicom", self.listener.error)
 
     def _check_disk(self) -> None:
         self.disk_free_mb = round(free_mb(self.data.root), 1)

@@ -59,6 +59,7 @@ def pacs(tmp_path_factory, small_bundle):
     orthanc = Orthanc(root / "orthanc", {"HIPCAD": port, "STORESCU": 104}).start()
     try:
         config = write_config(root, small_bundle, dicom_port=port, dicom_ae_title="HIPCAD", dicom_allowed_aets=[MODALITY],
+                              dicom_allowed_hosts=["127.0.0.1"],
                               pacs_destinations=[f"{Orthanc.AE_TITLE}@127.0.0.1:{orthanc.dicom_port}"],
                               pacs_retry_initial_s=0.5, pacs_retry_max_s=2.0)
         worker = WorkerProcess(config).start()
