@@ -32,6 +32,9 @@ class Config:
     hot_folder: Path = Path("/var/lib/hipcad/hot")
     data_dir: Path = Path("/var/lib/hipcad/data")
     model: str = ""  # model bundle folder; empty = the bundled demo model
+    trusted_keys: Path = Path("/etc/hipcad/trusted-keys")  # *.pub: the keys model bundles may be signed with
+    trust_demo_key: bool = True  # the shipped demo key (only ever valid for synthetic-demo / untrained bundles)
+    allow_unsigned_bundles: bool = False  # development override: load unsigned bundles, with a banner everywhere
     backend: str = "auto"  # auto | onnxruntime | tensorrt
     polling: bool = False  # PollingObserver instead of inotify (network shares)
     poll_interval_s: float = 2.0
@@ -83,6 +86,12 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hipcad.sqlite3"
+
+    def trust(self):
+        """The keys a model bundle may be signed with (:class:`hipcad.runtime.model.signature.Trust`)."""
+        from hipcad.runtime.model.signature import Trust
+
+        return Trust.load(self.trusted_keys, self.trust_demo_key, self.allow_unsigned_bundles)
 
     @property
     def needs_auth(self) -> bool:

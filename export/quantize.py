@@ -26,7 +26,7 @@ import numpy as np
 import onnx  # at the top: `hipcad quantize` without it names the extra to install
 
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.model.bundle import MANIFEST, load_bundle, sha256_file, staged_bundle
+from hipcad.runtime.model.bundle import MANIFEST, Bundle, load_bundle, sha256_file, staged_bundle
 from hipcad.runtime.model.selftest import SELFTEST_FILE, reference_inputs
 
 #: an INT8 bundle passes when, against its FP32 source on the same labelled radiographs:
@@ -149,7 +149,7 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
         })
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if eval_dataset:
-            manifest["quantization"]["agreement"] = agreement(src, load_bundle(work), eval_dataset)
+            manifest["quantization"]["agreement"] = agreement(src, Bundle(work), eval_dataset)  # ours, not yet signed
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 

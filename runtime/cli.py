@@ -26,11 +26,14 @@ COMMANDS = {
     "kiosk": ("hipcad.appliance.kiosk.cli:main", "results screen, JSON API and /metrics over the result store (waitress; auth off loopback)"),
     "demo": ("hipcad.appliance.demo:main", "worker + kiosk on the demo model with a temporary hot folder and sample radiographs"),
     "parity": ("hipcad.runtime.tools.parity:main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
+    "keygen": ("hipcad.runtime.tools.signing:main_keygen", "make an Ed25519 key pair for signing model bundles"),
+    "sign": ("hipcad.runtime.tools.signing:main_sign", "sign a model bundle (every file hashed in the manifest, manifest signed)"),
+    "verify": ("hipcad.runtime.tools.signing:main_verify", "check a bundle as a box would: signed by a trusted key, files as signed"),
 }
 # the extra that installs a missing top-level package
 EXTRA_FOR = {"torch": "export", "torchvision": "export", "timm": "export", "onnx": "export", "onnxscript": "export",
              "flask": "appliance", "watchdog": "appliance", "waitress": "appliance", "pynetdicom": "appliance",
-             "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt"}
+             "highdicom": "appliance", "cheroot": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt"}
 
 
 def main(argv: list[str] | None = None) -> int:

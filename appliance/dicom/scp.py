@@ -128,7 +128,9 @@ class Listener:
             tls_context = tls.server_context(self.config)
         ae = AE(ae_title=self.config.dicom_ae_title)
         ae.require_called_aet = True  # backstop: _on_requested checks (and logs) first
-        ae.maximum_associations = lim.max_connections  # backstop: the server's limits come first
+        # pynetdicom counts association threads, broken ones that wind down for up to acse_timeout
+        # included; the server's own limits (connections, half-open, threads) come first
+        ae.maximum_associations = lim.max_threads
         ae.network_timeout = lim.network_timeout
         ae.acse_timeout = lim.acse_timeout
         ae.dimse_timeout = lim.dimse_timeout

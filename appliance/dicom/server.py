@@ -48,6 +48,11 @@ class Limits:
     dimse_timeout: float = 60.0
     max_association_s: float = 1800.0
 
+    @property
+    def max_threads(self) -> int:
+        """Connection threads at once, closed ones still winding down included: the hard bound."""
+        return 4 * self.max_connections
+
     @classmethod
     def from_config(cls, config) -> "Limits":
         return cls(max_pdu=config.dicom_max_pdu, max_object_bytes=config.dicom_max_object_mb << 20,
@@ -88,9 +93,17 @@ class Conn:
 
     @property
     def alive(self) -> bool:
+        """Holds a slot: its socket is open (and its association not over)."""
         if self.done:
             return False
         return self.assoc is None or not self.running or self.assoc.is_alive()
+
+    @property
+    def thread_alive(self) -> bool:
+        """Its thread still runs (pynetdicom may take up to acse_timeout to end a broken one)."""
+        if self.assoc is None or not self.running:
+            return not self.done
+        return self.assoc.is_alive()
 
 
 def close_socket(sock) -> None:
@@ -172,8 +185,11 @@ class Server(ThreadedAssociationServer):
                 live = [c for c in self._conns if c.alive]
                 mine = [c for c in live if c.host == host]
                 pending = [c for c in mine if not c.established]
+                threads = sum(1 for c in self._conns if c.thread_alive)
                 if len(live) >= lim.max_connections:
                     reason, kind = f"{len(live)} connections open (limit {lim.max_connections})", "busy"
+                elif threads >= lim.max_threads:
+                    reason, kind = f"{threads} connection threads still winding down (limit {lim.max_threads})", "busy"
                 elif len(mine) >= lim.max_connections_per_host:
                     reason, kind = f"{len(mine)} connections from this host (limit {lim.max_connections_per_host})", "busy"
                 elif len(pending) >= lim.max_pending_per_host:
@@ -248,8 +264,10 @@ class Server(ThreadedAssociationServer):
         lim = self.limits
         with self._lock:
             for c in self._conns:
-                if not c.alive:
+                if not c.alive and not c.thread_alive:
                     dead.append(c)
+                elif not c.alive:
+                    continue
                 elif not c.reaped and not c.established and now - c.started > lim.handshake_s:
                     late.append((c, f"not associated within {lim.handshake_s:.0f} s"))
                 elif not c.reaped and c.established and now - c.started > lim.max_association_s:

@@ -59,6 +59,6 @@ def _model_from_config(config: Config) -> dict | None:
     try:
         from hipcad.runtime.model.bundle import load_bundle
 
-        return load_bundle(config.model or None).describe()
+        return load_bundle(config.model or None, config.trust()).describe()
     except HipcadError:
         return None

@@ -61,7 +61,7 @@ class Worker:
     def run(self) -> int:
         config = self.config
         try:
-            self.bundle = load_bundle(config.model or None)
+            self.bundle = load_bundle(config.model or None, config.trust())
             truth = load_truth(config.truth_labels)
             if config.pacs_destinations:
                 self.forwarder = Forwarder(config, self.data)

@@ -7,11 +7,13 @@ only when this backend is used.
 
 from __future__ import annotations
 
+import hashlib
+import io
+
 import numpy as np
 
 from hipcad.runtime.backends.base import Backend
 from hipcad.runtime.errors import BackendUnavailableError, BundleError
-from hipcad.runtime.model.bundle import sha256_file
 
 
 class TorchBackend(Backend):
@@ -44,12 +46,13 @@ class TorchBackend(Backend):
             raise BackendUnavailableError(
                 f"bundle {self.bundle.path} has no PyTorch program (model.pt2); re-export it without --no-torch"
             )
-        if sha256_file(path) != self.bundle.manifest["torch"]["sha256"]:
+        data = self.bundle.read_member(self.bundle.manifest["torch"]["file"])  # files table, when signed
+        if hashlib.sha256(data).hexdigest() != self.bundle.manifest["torch"]["sha256"]:
             raise BundleError(f"bundle {self.bundle.path}: {path.name} does not match its manifest; refusing to load it")
         cuda = torch.cuda.is_available() and self.requested_device != "cpu"
         if self.requested_device == "cuda" and not cuda:
             raise BackendUnavailableError("torch backend: no CUDA GPU is visible to PyTorch")
-        program = torch.export.load(str(path))
+        program = torch.export.load(io.BytesIO(data))  # the bytes just checked
         if cuda:
             from torch.export.passes import move_to_device_pass
 

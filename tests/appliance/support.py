@@ -67,6 +67,7 @@ def write_config(tmp_path: Path, bundle: Path, **extra) -> Path:
         "rescan_interval_s": 2.0,
         "min_free_mb": 1,
         "kiosk_secret_key": "test-secret",
+        "trusted_keys": os.environ["HIPCAD_TRUSTED_KEYS"],  # the test signing key (tests/conftest.py)
         **extra,
     }
     lines = []
