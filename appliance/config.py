@@ -49,8 +49,14 @@ class Config:
     # -- kiosk ------------------------------------------------------------------------------
     kiosk_bind: str = "127.0.0.1"
     kiosk_port: int = 8080
-    kiosk_user: str = "doctor"
+    kiosk_users_file: str = ""  # named reader accounts, NAME:HASH lines (`hipcad kiosk --add-user NAME`)
+    kiosk_user: str = "doctor"  # one more account: kiosk_user / kiosk_password_hash
     kiosk_password_hash: str = ""  # werkzeug hash; `hipcad kiosk --hash-password`
+    kiosk_allow_unauthenticated_loopback: bool = False  # no login on loopback (a single-user demo screen)
+    kiosk_tls_cert: str = ""  # PEM certificate (chain) and key: the kiosk speaks HTTPS (required off loopback)
+    kiosk_tls_key: str = ""
+    kiosk_trusted_hosts: list[str] = field(default_factory=list)  # Host names the kiosk answers to (+ loopback)
+    kiosk_idle_timeout_s: float = 900.0  # a signed-in session ends after this long without activity
     kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/kiosk.secret
     kiosk_threads: int = 4
     heartbeat_stale_s: float = 30.0
@@ -95,7 +101,12 @@ class Config:
 
     @property
     def needs_auth(self) -> bool:
-        return self.kiosk_bind not in LOOPBACK or bool(self.kiosk_password_hash)
+        """Off loopback, or unless the config explicitly opens loopback: every request needs a login."""
+        return self.kiosk_bind not in LOOPBACK or not self.kiosk_allow_unauthenticated_loopback
+
+    @property
+    def kiosk_tls(self) -> bool:
+        return bool(self.kiosk_tls_cert)
 
     def validate(self) -> "Config":
         if self.backend not in ("auto", "onnxruntime", "tensorrt"):
@@ -109,6 +120,10 @@ class Config:
             raise ConfigError("max_attempts must be at least 1")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:
             raise ConfigError(f"kiosk_port {self.kiosk_port} is not a port number")
+        if bool(self.kiosk_tls_cert) != bool(self.kiosk_tls_key):
+            raise ConfigError("kiosk_tls_cert and kiosk_tls_key go together")
+        if self.kiosk_idle_timeout_s <= 0:
+            raise ConfigError("kiosk_idle_timeout_s must be positive")
         self._validate_dicom()
         if self.hot_folder.resolve() == self.data_dir.resolve():
             raise ConfigError("hot_folder and data_dir must be different folders")

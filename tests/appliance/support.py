@@ -68,6 +68,7 @@ def write_config(tmp_path: Path, bundle: Path, **extra) -> Path:
         "min_free_mb": 1,
         "kiosk_secret_key": "test-secret",
         "trusted_keys": os.environ["HIPCAD_TRUSTED_KEYS"],  # the test signing key (tests/conftest.py)
+        "kiosk_allow_unauthenticated_loopback": True,
         **extra,
     }
     lines = []
@@ -179,19 +180,19 @@ def finished(config_path: Path) -> int:
 
 @contextmanager
 def kiosk_server(config):
-    """The kiosk app served by waitress on a free loopback port, in a thread of this process."""
-    from waitress import create_server
-
+    """The kiosk app served as ``hipcad kiosk`` serves it (cheroot; HTTPS with kiosk_tls_cert) on a free
+    loopback port, in a thread of this process."""
     from hipcad.appliance.kiosk import create_app
+    from hipcad.appliance.kiosk.cli import make_server, url_of
 
-    app = create_app(config)
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = make_server(create_app(config), config, host="127.0.0.1", port=0)
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        yield url_of(config, server).rstrip("/")
     finally:
-        server.close()
+        server.stop()
 
 
 @contextmanager
