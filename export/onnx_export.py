@@ -16,6 +16,7 @@ from hipcad.export.fused import FRACTURE_CLASS, IMAGENET_MEAN, IMAGENET_STD, Fus
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.model.bundle import FORMAT, MANIFEST, sha256_file, staged_bundle
 from hipcad.runtime.model.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
+from hipcad.runtime.tools.signing import sign_if_configured
 
 OPSET = 18
 TORCH_FILE = "model.pt2"
@@ -193,6 +194,7 @@ def export_bundle(
             **(extra or {}),
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        sign_if_configured(work, shown_as=Path(out))
     return manifest
 
 

@@ -28,6 +28,7 @@ import onnx  # at the top: `hipcad quantize` without it names the extra to insta
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.model.bundle import MANIFEST, Bundle, load_bundle, sha256_file, staged_bundle
 from hipcad.runtime.model.selftest import SELFTEST_FILE, reference_inputs
+from hipcad.runtime.tools.signing import sign_if_configured
 
 #: an INT8 bundle passes when, against its FP32 source on the same labelled radiographs:
 ACCEPT = {"auc_drop_max": 0.005, "verdict_agreement_min": 0.99, "peak_agreement_min": 0.95}
@@ -151,6 +152,7 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
         if eval_dataset:
             manifest["quantization"]["agreement"] = agreement(src, Bundle(work), eval_dataset)  # ours, not yet signed
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        sign_if_configured(work, shown_as=Path(out_path))
     return manifest
 
 

@@ -39,16 +39,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def staged_bundle(out: Path):
     """A temporary folder beside ``out`` to assemble a bundle in: it replaces ``out`` when the
     block finishes and is removed when it fails, so a failed export never leaves half a bundle.
-    The finished bundle is signed with the configured signing key (``HIPCAD_SIGNING_KEY``), if any."""
+    Writers sign the finished folder (``hipcad.runtime.tools.signing.sign_if_configured``) before the block ends."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     os.chmod(work, 0o755)  # mkdtemp makes it private; the worker's service user must read it
     try:
         yield work
-        from hipcad.runtime.tools.signing import sign_if_configured
-
-        sign_if_configured(work, shown_as=out)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)

@@ -130,8 +130,8 @@ def c_store_pdus(uid: str, declared: int, sent: int) -> list[bytes]:
     """P-DATA-TF PDUs of a C-STORE whose data set declares ``declared`` pixel bytes; the PDUs carry
     the command and about ``sent`` bytes of the data set, the last fragment left out."""
     from pydicom.dataset import Dataset
-    from pydicom.filewriter import write_dataset
     from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
     from pynetdicom.dimse_messages import C_STORE_RQ
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.pdu import P_DATA_TF
