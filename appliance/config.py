@@ -36,6 +36,7 @@ class Config:
     trust_demo_key: bool = True  # the shipped demo key (only ever valid for synthetic-demo / untrained bundles)
     allow_unsigned_bundles: bool = False  # development override: load unsigned bundles, with a banner everywhere
     backend: str = "auto"  # auto | onnxruntime | tensorrt
+    engine_cache_dir: str = ""  # TensorRT plans built by hipcad-engine.service (read-only for the worker); empty: BUNDLE/engines
     polling: bool = False  # PollingObserver instead of inotify (network shares)
     poll_interval_s: float = 2.0
     rescan_interval_s: float = 60.0
@@ -57,7 +58,7 @@ class Config:
     kiosk_tls_key: str = ""
     kiosk_trusted_hosts: list[str] = field(default_factory=list)  # Host names the kiosk answers to (+ loopback)
     kiosk_idle_timeout_s: float = 900.0  # a signed-in session ends after this long without activity
-    kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/kiosk.secret
+    kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/db/kiosk.secret
     kiosk_threads: int = 4
     heartbeat_stale_s: float = 30.0
     read_first: bool = False
@@ -91,7 +92,8 @@ class Config:
     # -- derived ----------------------------------------------------------------------------
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "hipcad.sqlite3"
+        """The SQLite store, in its own folder: the only place under data_dir the kiosk may write."""
+        return self.data_dir / "db" / "hipcad.sqlite3"
 
     def trust(self):
         """The keys a model bundle may be signed with (:class:`hipcad.runtime.model.signature.Trust`)."""

@@ -85,10 +85,11 @@ def host_name(header: str) -> str:
 
 
 def session_secret(config: Config) -> bytes:
-    """The configured secret, else one generated once and kept (0600) in the data folder."""
+    """The configured secret, else one generated once and kept (0600) beside the store (the one
+    folder the kiosk may write)."""
     if config.kiosk_secret_key:
         return config.kiosk_secret_key.encode()
-    path = Path(config.data_dir) / "kiosk.secret"
+    path = Path(config.db_path).parent / "kiosk.secret"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

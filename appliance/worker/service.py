@@ -38,10 +38,17 @@ RETENTION_S = 3600.0
 LISTENER_RETRY_S = 30.0
 
 
+def box_backend_opener(config: Config):
+    """open_backend as the box uses it: TensorRT plans only from engine_cache_dir (or the bundle's
+    engines/), verified and never built here; hipcad-engine.service builds them."""
+    tensorrt = {"cache_dir": config.engine_cache_dir or None, "allow_build": False}
+    return lambda name, bundle, **options: open_backend(name, bundle, per_backend={"tensorrt": tensorrt}, **options)
+
+
 class Worker:
-    def __init__(self, config: Config, backend_opener=open_backend, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, backend_opener=None, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.open_backend = backend_opener
+        self.open_backend = backend_opener or box_backend_opener(config)
         self.notifier = notifier or Notifier()
         self.data = DataDir(config.data_dir)
         self.stop = threading.Event()

@@ -201,7 +201,7 @@ def _queued_results(tmp_path, destinations: list[str]):
     from hipcad.runtime.durable import atomic_write
 
     data = DataDir(tmp_path / "data").create()
-    store = Store(data.root / "hipcad.sqlite3")
+    store = Store(data.root / "db" / "hipcad.sqlite3")
     item_id = store.enqueue("ab" * 32, "1.2.3.4", "x.dcm", 10)
     plan = dicom_results.plan(destinations)
     for obj in plan:
