@@ -11,7 +11,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
 APT_PACKAGES := dcmtk libgdcm-tools chromium orthanc
 
-.PHONY: setup system-deps demo test gpu-check demo-model demo-eval clean
+.PHONY: setup system-deps demo test gpu-check demo-model sign-demo-model demo-eval lock sbom clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(BASE_PYTHON) -m venv $(VENV)
@@ -34,8 +34,23 @@ system-deps:
 demo: setup
 	$(VENV)/bin/hipcad demo
 
-test: setup system-deps
+test: setup system-deps sbom
 	$(PY) -m pytest
+
+# The device install's hashed lock (x86_64 Linux, CPython 3.11: Debian 12's python3): the runtime and
+# the appliance extra, every distribution pinned with its sha256s. Regenerate after changing pyproject.toml.
+lock:
+	$(PIP) install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra appliance --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock" --no-header \
+	  -o requirements/appliance.lock
+
+# CycloneDX SBOM of what a device installs (the lock: every component with its version, purl and hashes)
+SBOM_DIR ?= build/sbom
+sbom:
+	@mkdir -p $(SBOM_DIR)
+	$(VENV)/bin/cyclonedx-py requirements --pyproject pyproject.toml --output-reproducible --of JSON \
+	  -o $(SBOM_DIR)/hipcad-appliance.cdx.json requirements/appliance.lock
 
 # The shipped demo model (runtime/model/demo): TinyNet-C (a small EfficientNet) at 256 px, trained
 # from scratch (no pretrained weights can be downloaded here) on 1600 synthetic phantoms with box
@@ -46,6 +61,16 @@ demo-model: setup
 	$(VENV)/bin/hipcad synth --out $(DEMO_DATA) --count 1600 --seed 1000 --jobs 2 --force -q
 	$(VENV)/bin/hipcad train $(DEMO_DATA) --out runtime/model/demo --arch tinynet_c --input-size 256 \
 	  --epochs 30 --batch-size 16 --lr 2e-3 --seed 0 --no-torch --synthetic-demo --jobs 2 --cache .cache/halves
+	$(MAKE) sign-demo-model
+
+# The demo bundle is signed by a key made for it alone: the public half ships (runtime/model/keys), the
+# private half is destroyed once it has signed, so that key can never vouch for anything else.
+sign-demo-model:
+	@key=$$(mktemp -d) && trap 'rm -rf "$$key"' EXIT && \
+	$(VENV)/bin/hipcad keygen --out "$$key" --name demo-development --no-passphrase >/dev/null && \
+	HIPCAD_SIGNER="hipcad demo model (development key; private half destroyed after signing)" \
+	  $(VENV)/bin/hipcad sign runtime/model/demo --key "$$key/demo-development.key" && \
+	cp "$$key/demo-development.pub" runtime/model/keys/demo-development.pub
 
 # The demo model on 500 fresh phantoms (a seed it never saw): the paper's figures and the heatmap check.
 demo-eval: setup
