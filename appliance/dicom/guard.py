@@ -34,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+from hipcad.appliance.logs import printable
 from hipcad.appliance.storage.files import remove_quietly
 from hipcad.runtime.durable import TMP_PREFIX
 from hipcad.runtime.errors import HipcadError
@@ -58,8 +59,6 @@ def _server(dul):
 
 
 def _peer(dul) -> str:
-    from hipcad.appliance.dicom.scp import printable
-
     try:
         assoc = dul.assoc
         return printable(assoc.requestor.address if assoc.is_acceptor else assoc.acceptor.address, 46)

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import sqlite3
 import threading
 import time
 
 from hipcad.appliance.config import Config
 from hipcad.appliance.dicom.results import MANUFACTURER
+from hipcad.appliance.logs import printable
 from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.storage.store import Store
 from hipcad.appliance.worker.intake import admit, free_mb
@@ -72,12 +72,18 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE titl
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local-limit-exceeded
 OPEN_TO_ALL = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
-_UNSAFE = re.compile(r"[^\x20-\x7e]")
+def parse_address(host: str):
+    """A peer's address (an IPv4-mapped IPv6 address as IPv4, a zone dropped), or None."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return address.ipv4_mapped if address.version == 6 and address.ipv4_mapped else address
 
 
-def printable(text: str, limit: int = 64) -> str:
-    """A peer-supplied string (AE title) made safe for a log line or the kiosk."""
-    return _UNSAFE.sub("?", str(text))[:limit]
+def normalise_host(host: str) -> str:
+    address = parse_address(host)
+    return host if address is None else str(address)
 
 
 def accepted_transfer_syntaxes() -> list[str]:
@@ -194,7 +200,6 @@ class Listener:
     # -- association control -------------------------------------------------------------------------
     def _on_requested(self, event) -> None:
         from hipcad.appliance.dicom.guard import refusal
-        from hipcad.appliance.dicom.server import normalise_host
 
         assoc = event.assoc
         rq = assoc.requestor.primitive
@@ -222,18 +227,12 @@ class Listener:
 
     def _on_aborted(self, event) -> None:
         from hipcad.appliance.dicom.guard import refusal
-        from hipcad.appliance.dicom.server import normalise_host
 
         refusal("aborted", normalise_host(event.assoc.requestor.address), "association aborted")
 
     def host_allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if address.version == 6 and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.allowed_hosts)
+        address = parse_address(host)
+        return address is not None and any(address in network for network in self.allowed_hosts)
 
     def refuse_store_reason(self, max_object_bytes: int) -> str | None:
         """Why no C-STORE may be received now (disk guard), else None."""

@@ -16,7 +16,6 @@ single accept loop (one peer that never sends a ClientHello stops all TLS servic
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import ssl
@@ -29,6 +28,8 @@ from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from hipcad.appliance.dicom.guard import COUNTERS, SpoolFile, flush_suppressed, refusal
+from hipcad.appliance.dicom.scp import normalise_host
+from hipcad.appliance.logs import printable
 
 log = logging.getLogger("hipcad.dicom")
 
@@ -60,16 +61,6 @@ class Limits:
                    max_connections=config.dicom_max_connections,
                    max_connections_per_host=config.dicom_max_associations + config.dicom_max_pending_per_host,
                    max_pending_per_host=config.dicom_max_pending_per_host, handshake_s=config.dicom_handshake_s)
-
-
-def normalise_host(host: str) -> str:
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return str(address)
 
 
 @dataclass(eq=False)
@@ -125,8 +116,6 @@ class Handler(RequestHandler):
                 try:  # the socket still has the handshake deadline from get_request
                     tls = server.tls_context.wrap_socket(self.request, server_side=True)
                 except (ssl.SSLError, OSError) as err:
-                    from hipcad.appliance.dicom.scp import printable
-
                     why = str(getattr(err, "reason", None) or type(err).__name__)
                     refusal("tls", conn.host, f"TLS handshake failed ({type(err).__name__}: {printable(why, 80)})", key=why)
                     server.listener.count_rejection(conn.host, "", f"TLS handshake failed: {why}")
@@ -135,8 +124,6 @@ class Handler(RequestHandler):
                     return
                 conn.sock = self.request = tls
                 subject = dict(x[0] for x in (tls.getpeercert() or {}).get("subject", ()))
-                from hipcad.appliance.dicom.scp import printable
-
                 log.info("DICOM TLS from %s: %s, client certificate CN=%s", conn.host, tls.version(),
                          printable(subject.get("commonName", "-"), 64))
             self.request.settimeout(server.limits.network_timeout)

@@ -6,7 +6,7 @@ import logging
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 
-from hipcad.appliance.kiosk import security
+from hipcad.appliance.logs import printable
 
 log = logging.getLogger("hipcad.kiosk")
 
@@ -37,6 +37,6 @@ def login():
 @bp.post("/logout")
 def logout():
     current_app.extensions["hipcad.security"]["sessions"].close(session.get("sid"))
-    log.info("logout: user %r from %s", security.printable(g.get("user") or ""), security.printable(request.remote_addr))
+    log.info("logout: user %r from %s", printable(g.get("user") or ""), printable(request.remote_addr))
     session.clear()
     return redirect(url_for("login.login"), 303)

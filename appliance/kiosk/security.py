@@ -23,6 +23,7 @@ from werkzeug.routing import IntegerConverter
 
 from hipcad.appliance.config import LOOPBACK, Config, ConfigError
 from hipcad.appliance.kiosk import accounts as acc
+from hipcad.appliance.logs import printable
 
 log = logging.getLogger("hipcad.kiosk")
 access_log = logging.getLogger("hipcad.kiosk.access")
@@ -33,10 +34,6 @@ SQLITE_INT_MAX = 2**63 - 1
 OPEN_PATHS = ("/login", "/static/")
 POLL_PATHS = ("/api/version", "/api/health")  # background polling is not activity
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def printable(text, limit: int = 64) -> str:
-    return "".join(c if " " <= c <= "~" else "?" for c in str(text))[:limit]
 
 
 class SafeJSON(DefaultJSONProvider):
