@@ -138,7 +138,8 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
         images = reference_inputs(2, src.input_hw, seed=7)
         logits, cam = session.run(["logits", "cam"], {"image": images})
         np.savez_compressed(work / SELFTEST_FILE, image=images, logits=logits, cam=cam)
-        manifest = {k: v for k, v in src.manifest.items() if k not in ("torch", "verification")}
+        # the files table is the source's: signing fills in this bundle's own
+        manifest = {k: v for k, v in src.manifest.items() if k not in ("torch", "verification", "files")}
         manifest.update({
             "name": out_path.name,
             "precision": "int8",
