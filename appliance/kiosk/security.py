@@ -10,6 +10,7 @@ demo); any other address needs reader accounts and TLS, or the kiosk refuses to 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -115,18 +116,28 @@ def init_app(app: Flask, config: Config) -> None:
     def client() -> str:
         return printable(request.remote_addr or "?", 46)
 
-    def attempt(name: str, password: str) -> tuple[str | None, int]:
-        """(user, 0), or (None, the status to answer: 401 or 429)."""
+    verified: dict[bytes, str] = {}  # peppered digests of credentials already checked (scrypt is slow on purpose)
+    pepper = secrets.token_bytes(16)
+
+    def attempt(name: str, password: str, remember: bool = False) -> tuple[str | None, int]:
+        """(user, 0), or (None, the status to answer: 401 or 429). ``remember``: HTTP Basic, which
+        a client sends with every request: a right pair is checked once (until a restart)."""
         now = time.monotonic()
         shown = printable(name)
         keys = [f"user:{name[:256]}", f"ip:{request.remote_addr}"]
         if throttle.is_locked(keys, now):
             log.warning("login refused (locked out): user %r from %s", shown, client())
             return None, 429
+        digest = hashlib.sha256(pepper + name.encode("utf-8", "surrogateescape") + b"\0" +
+                                password.encode("utf-8", "surrogateescape")).digest()
+        if remember and digest in verified:
+            return verified[digest], 0
         user = accounts.check(name, password)
         if user is not None:
             throttle.success(keys)
             log.info("login: user %r from %s", shown, client())
+            if remember and len(verified) < acc.MAX_KEYS:
+                verified[digest] = user
             return user, 0
         newly = throttle.failure(keys, now)
         log.warning("failed login: user %r from %s", shown, client())
@@ -170,7 +181,7 @@ def init_app(app: Flask, config: Config) -> None:
         user = sessions.user(session.get("sid"), activity=request.path not in POLL_PATHS)
         auth = request.authorization
         if user is None and auth is not None and auth.type == "basic":
-            user, status = attempt(auth.username or "", auth.password or "")
+            user, status = attempt(auth.username or "", auth.password or "", remember=True)
             if user is None:
                 return refuse(status)
         if user is None and not open_access:
