@@ -18,7 +18,7 @@ TRITON_VENV ?= .venv-triton
 # Debian's shared libpython (the stub's), where the base Python is Debian's
 APT_PACKAGES += $(shell test -x /usr/bin/python3.11 && echo libpython3.11)
 
-.PHONY: setup triton-env system-deps demo test gpu-check demo-model demo-eval clean
+.PHONY: setup triton-env system-deps demo test gpu-check demo-model sign-demo-model demo-eval lock sbom clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(BASE_PYTHON) -m venv $(VENV)
@@ -51,8 +51,23 @@ system-deps:
 demo: setup
 	$(VENV)/bin/hipcad demo
 
-test: setup system-deps triton-env
+test: setup system-deps triton-env sbom
 	HIPCAD_TRITON_ENV=$(abspath $(TRITON_VENV)) $(PY) -m pytest
+
+# The device install's hashed lock (x86_64 Linux, CPython 3.11: Debian 12's python3): the runtime and
+# the appliance extra, every distribution pinned with its sha256s. Regenerate after changing pyproject.toml.
+lock:
+	$(PIP) install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra appliance --extra cpu --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock" --no-header \
+	  -o requirements/appliance.lock
+
+# CycloneDX SBOM of what a device installs (the lock: every component with its version, purl and hashes)
+SBOM_DIR ?= build/sbom
+sbom:
+	@mkdir -p $(SBOM_DIR)
+	$(VENV)/bin/cyclonedx-py requirements --pyproject pyproject.toml --output-reproducible --of JSON \
+	  -o $(SBOM_DIR)/hipcad-appliance.cdx.json requirements/appliance.lock
 
 # The shipped demo model (runtime/model/demo): TinyNet-C (a small EfficientNet) at 256 px, trained
 # from scratch (no pretrained weights can be downloaded here) on 1600 synthetic phantoms with box
@@ -63,6 +78,16 @@ demo-model: setup
 	$(VENV)/bin/hipcad synth --out $(DEMO_DATA) --count 1600 --seed 1000 --jobs 2 --force -q
 	$(VENV)/bin/hipcad train $(DEMO_DATA) --out runtime/model/demo --arch tinynet_c --input-size 256 \
 	  --epochs 30 --batch-size 16 --lr 2e-3 --seed 0 --no-torch --synthetic-demo --jobs 2 --cache .cache/halves
+	$(MAKE) sign-demo-model
+
+# The demo bundle is signed by a key made for it alone: the public half ships (runtime/model/keys), the
+# private half is destroyed once it has signed, so that key can never vouch for anything else.
+sign-demo-model:
+	@key=$$(mktemp -d) && trap 'rm -rf "$$key"' EXIT && \
+	$(VENV)/bin/hipcad keygen --out "$$key" --name demo-development --no-passphrase >/dev/null && \
+	HIPCAD_SIGNER="hipcad demo model (development key; private half destroyed after signing)" \
+	  $(VENV)/bin/hipcad sign runtime/model/demo --key "$$key/demo-development.key" && \
+	cp "$$key/demo-development.pub" runtime/model/keys/demo-development.pub
 
 # The demo model on 500 fresh phantoms (a seed it never saw): the paper's figures and the heatmap check.
 demo-eval: setup

@@ -36,6 +36,10 @@ class Config:
     hot_folder: Path = Path("/var/lib/hipcad/hot")
     data_dir: Path = Path("/var/lib/hipcad/data")
     model: str = ""  # model bundle folder; empty = the bundled demo model
+    trusted_keys: Path = Path("/etc/hipcad/trusted-keys")  # *.pub: the keys model bundles may be signed with
+    trust_demo_key: bool = True  # the shipped demo key (only ever valid for synthetic-demo / untrained bundles)
+    allow_unsigned_bundles: bool = False  # development override: load unsigned bundles, with a banner everywhere
+    engine_cache_dir: str = ""  # TensorRT plans built by hipcad-engine.service (read-only for the worker); empty: BUNDLE/engines
     backend: str = "auto"  # one of BACKENDS
     # -- a regional Triton Inference Server (backend = "triton") ------------------------------------
     triton_url: str = ""  # HOST:PORT of its gRPC (or, with triton_protocol = "http", HTTP) endpoint
@@ -63,9 +67,15 @@ class Config:
     # -- kiosk ------------------------------------------------------------------------------
     kiosk_bind: str = "127.0.0.1"
     kiosk_port: int = 8080
-    kiosk_user: str = "doctor"
+    kiosk_users_file: str = ""  # named reader accounts, NAME:HASH lines (`hipcad kiosk --add-user NAME`)
+    kiosk_user: str = "doctor"  # one more account: kiosk_user / kiosk_password_hash
     kiosk_password_hash: str = ""  # werkzeug hash; `hipcad kiosk --hash-password`
-    kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/kiosk.secret
+    kiosk_allow_unauthenticated_loopback: bool = False  # no login on loopback (a single-user demo screen)
+    kiosk_tls_cert: str = ""  # PEM certificate (chain) and key: the kiosk speaks HTTPS (required off loopback)
+    kiosk_tls_key: str = ""
+    kiosk_trusted_hosts: list[str] = field(default_factory=list)  # Host names the kiosk answers to (+ loopback)
+    kiosk_idle_timeout_s: float = 900.0  # a signed-in session ends after this long without activity
+    kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/db/kiosk.secret
     kiosk_threads: int = 4
     heartbeat_stale_s: float = 30.0
     read_first: bool = False
@@ -75,21 +85,47 @@ class Config:
     dicom_bind: str = "127.0.0.1"
     dicom_ae_title: str = "HIPCAD"  # ours: called AE of the listener, calling AE towards PACS
     dicom_allowed_aets: list[str] = field(default_factory=list)  # calling AE titles accepted (empty: any)
-    dicom_allowed_hosts: list[str] = field(default_factory=list)  # addresses / networks accepted (empty: any)
+    dicom_allowed_hosts: list[str] = field(default_factory=list)  # addresses / networks accepted (required)
+    dicom_max_pdu: int = 262144  # Maximum Length Receive we advertise and enforce on every PDU
+    dicom_max_object_mb: int = 256  # largest C-STORE data set accepted (0xA700 Out of Resources beyond)
+    dicom_max_associations: int = 4  # established associations at once
+    dicom_max_connections: int = 8  # TCP connections at once, negotiating ones included
+    dicom_max_pending_per_host: int = 2  # connections per host not yet associated (half-open)
+    dicom_handshake_s: float = 10.0  # connect -> TLS -> association accepted, at most
+    dicom_tls: bool = False  # the listener speaks DICOM TLS only (client certificate required)
+    dicom_tls_cert: str = ""  # our certificate (PEM), also presented to PACS unless pacs_tls_cert
+    dicom_tls_key: str = ""
+    dicom_tls_ca: str = ""  # the CA that issued the modalities' client certificates
     pacs_destinations: list[str] = field(default_factory=list)  # "AE@host:port": results go there
     pacs_retry_initial_s: float = 10.0
     pacs_retry_max_s: float = 600.0
+    pacs_tls: bool = False  # results to PACS over DICOM TLS
+    pacs_tls_ca: str = ""  # the CA that issued the PACS certificates
+    pacs_tls_cert: str = ""  # our client certificate towards PACS (default: dicom_tls_cert)
+    pacs_tls_key: str = ""
     #: where the config came from (not a key)
     source: str = field(default="defaults", compare=False)
 
     # -- derived ----------------------------------------------------------------------------
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "hipcad.sqlite3"
+        """The SQLite store, in its own folder: the only place under data_dir the kiosk may write."""
+        return self.data_dir / "db" / "hipcad.sqlite3"
+
+    def trust(self):
+        """The keys a model bundle may be signed with (:class:`hipcad.runtime.model.signature.Trust`)."""
+        from hipcad.runtime.model.signature import Trust
+
+        return Trust.load(self.trusted_keys, self.trust_demo_key, self.allow_unsigned_bundles)
 
     @property
     def needs_auth(self) -> bool:
-        return self.kiosk_bind not in LOOPBACK or bool(self.kiosk_password_hash)
+        """Off loopback, or unless the config explicitly opens loopback: every request needs a login."""
+        return self.kiosk_bind not in LOOPBACK or not self.kiosk_allow_unauthenticated_loopback
+
+    @property
+    def kiosk_tls(self) -> bool:
+        return bool(self.kiosk_tls_cert)
 
     def backend_options(self, name: str) -> dict:
         """open_backend keyword options for backend ``name``."""
@@ -116,6 +152,10 @@ class Config:
             raise ConfigError("max_attempts must be at least 1")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:
             raise ConfigError(f"kiosk_port {self.kiosk_port} is not a port number")
+        if bool(self.kiosk_tls_cert) != bool(self.kiosk_tls_key):
+            raise ConfigError("kiosk_tls_cert and kiosk_tls_key go together")
+        if self.kiosk_idle_timeout_s <= 0:
+            raise ConfigError("kiosk_idle_timeout_s must be positive")
         self._validate_dicom()
         if self.hot_folder.resolve() == self.data_dir.resolve():
             raise ConfigError("hot_folder and data_dir must be different folders")
@@ -151,10 +191,22 @@ class Config:
                 ipaddress.ip_network(host, strict=False)
             except ValueError:
                 raise ConfigError(f"dicom_allowed_hosts: {host!r} is not an IP address or network (e.g. 10.1.2.0/24)") from None
-        if self.dicom_port and not self.dicom_allowed_aets and not self.dicom_allowed_hosts:
-            raise ConfigError("dicom_port is set but neither dicom_allowed_aets nor dicom_allowed_hosts is: the listener "
-                              "would accept anyone; list the modalities (or set dicom_allowed_hosts = [\"0.0.0.0/0\"] "
-                              "deliberately)")
+        if self.dicom_port and not self.dicom_allowed_hosts:
+            raise ConfigError("dicom_port is set but dicom_allowed_hosts is not: the listener would accept anyone (a "
+                              "calling AE title is whatever the caller says); list the modalities' addresses (or set "
+                              "dicom_allowed_hosts = [\"0.0.0.0/0\", \"::/0\"] deliberately: it is logged at every start)")
+        for name, low in (("dicom_max_pdu", 4096), ("dicom_max_object_mb", 1), ("dicom_max_associations", 1),
+                          ("dicom_max_connections", 1), ("dicom_max_pending_per_host", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be at least {low}")
+        if self.dicom_max_connections < self.dicom_max_associations:
+            raise ConfigError("dicom_max_connections must be at least dicom_max_associations")
+        if self.dicom_handshake_s <= 0:
+            raise ConfigError("dicom_handshake_s must be positive")
+        if self.dicom_tls and not (self.dicom_tls_cert and self.dicom_tls_key and self.dicom_tls_ca):
+            raise ConfigError("dicom_tls needs dicom_tls_cert, dicom_tls_key and dicom_tls_ca (the modalities' CA)")
+        if self.pacs_tls and not self.pacs_tls_ca:
+            raise ConfigError("pacs_tls needs pacs_tls_ca (the CA that issued the PACS certificates)")
         seen = set()
         for text in self.pacs_destinations:
             key = parse_destination(text)

@@ -36,6 +36,8 @@ def write_demo_config(path: Path, root: Path, model: Path, port: int, read_first
     values = {"hot_folder": str(root / "hot"), "data_dir": str(root / "data"), "model": str(model),
               "kiosk_port": port, "settle_s": 0.5, "rescan_interval_s": 10.0, "min_free_mb": 50,
               "truth_labels": str(root / "samples"), "read_first": read_first,
+              # a single-user screen on this machine: no login (the only place hipcad opens loopback)
+              "kiosk_allow_unauthenticated_loopback": True,
               "dicom_port": dicom_port, "dicom_bind": "127.0.0.1", "dicom_ae_title": DEMO_AE_TITLE,
               "dicom_allowed_hosts": ["127.0.0.1", "::1"], "pacs_destinations": pacs or []}
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))

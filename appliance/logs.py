@@ -5,12 +5,19 @@ library thread is one line, and pydicom's warnings (which quote values) never re
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import warnings
 
 from hipcad.runtime.logs import setup_logging
 
 log = logging.getLogger("hipcad")
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def printable(text, limit: int = 64) -> str:
+    """A peer-supplied string (AE title, address, user name) made safe for a log line or the kiosk."""
+    return _UNSAFE.sub("?", str(text))[:limit]
 
 
 def setup_service_logging(level: str | int) -> None:

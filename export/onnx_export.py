@@ -18,6 +18,7 @@ from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.model.bundle import FORMAT, MANIFEST, staged_bundle
 from hipcad.runtime.model.files import sha256_file
 from hipcad.runtime.model.selftest import SELFTEST_FILE, TOLERANCES, reference_inputs
+from hipcad.runtime.tools.signing import sign_if_configured
 
 OPSET = 18
 TORCH_FILE = "model.pt2"
@@ -200,6 +201,7 @@ def export_bundle(
             **(extra or {}),
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        sign_if_configured(work, shown_as=Path(out))
     return manifest
 
 

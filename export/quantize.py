@@ -27,9 +27,10 @@ import numpy as np
 import onnx  # at the top: `hipcad quantize` without it names the extra to install
 
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.model.bundle import MANIFEST, load_bundle, staged_bundle
+from hipcad.runtime.model.bundle import MANIFEST, Bundle, load_bundle, staged_bundle
 from hipcad.runtime.model.files import sha256_file
 from hipcad.runtime.model.selftest import SELFTEST_FILE, reference_inputs
+from hipcad.runtime.tools.signing import sign_if_configured
 
 #: an INT8 bundle passes when, against its FP32 source on the same labelled radiographs:
 ACCEPT = {"auc_drop_max": 0.005, "verdict_agreement_min": 0.99, "peak_agreement_min": 0.95}
@@ -139,7 +140,8 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
         images = reference_inputs(2, src.input_hw, seed=7)
         logits, cam = session.run(["logits", "cam"], {"image": images})
         np.savez_compressed(work / SELFTEST_FILE, image=images, logits=logits, cam=cam)
-        manifest = {k: v for k, v in src.manifest.items() if k not in ("torch", "verification")}
+        # the files table is the source's: signing fills in this bundle's own
+        manifest = {k: v for k, v in src.manifest.items() if k not in ("torch", "verification", "files")}
         if "intended_use" in manifest:  # the eligibility layout template travels with the intended use
             shutil.copyfile(src.intended_use["content"]["layout_template"],  # resolved inside the bundle, hash checked
                             work / Path(manifest["intended_use"]["content"]["layout_template"]).name)
@@ -154,8 +156,9 @@ def quantize_bundle(src_path: str, out: str, calibration: list[str], count: int,
         })
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if eval_dataset:
-            manifest["quantization"]["agreement"] = agreement(src, load_bundle(work), eval_dataset)
+            manifest["quantization"]["agreement"] = agreement(src, Bundle(work), eval_dataset)  # ours, not yet signed
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        sign_if_configured(work, shown_as=Path(out_path))
     return manifest
 
 

@@ -24,15 +24,18 @@ COMMANDS = {
     "evaluate": ("hipcad.runtime.evaluation.evaluate:main", "a bundle on a labelled dataset: accuracy, sensitivity, specificity, F1, AUC (95% CI), heatmap check"),
     "reader-study": ("hipcad.runtime.evaluation.reader_study:main", "read-first answers -> reader accuracy before/after the CAD, Wilcoxon and Fisher tests"),
     "worker": ("hipcad.appliance.worker.cli:main", "watch a hot folder: durable queue, one inference thread, result store (systemd notify)"),
-    "kiosk": ("hipcad.appliance.kiosk.cli:main", "results screen, JSON API and /metrics over the result store (waitress; auth off loopback)"),
+    "kiosk": ("hipcad.appliance.kiosk.cli:main", "results screen, JSON API and /metrics over the result store (cheroot, HTTPS; named readers)"),
     "demo": ("hipcad.appliance.demo:main", "worker + kiosk on the demo model with a temporary hot folder and sample radiographs"),
     "parity": ("hipcad.runtime.tools.parity:main", "compare backends on the same inputs (logits, heatmaps, verdicts)"),
     "triton-repo": ("hipcad.runtime.serving.repository:main", "bundle -> Triton Inference Server model repository (onnxruntime, tensorrt or python)"),
     "serve": ("hipcad.runtime.serving.serve:main", "serve a bundle from a CPU tritonserver (NVIDIA PyTriton's) for the boxes of a region"),
+    "keygen": ("hipcad.runtime.tools.signing:main_keygen", "make an Ed25519 key pair for signing model bundles"),
+    "sign": ("hipcad.runtime.tools.signing:main_sign", "sign a model bundle (every file hashed in the manifest, manifest signed)"),
+    "verify": ("hipcad.runtime.tools.signing:main_verify", "check a bundle as a box would: signed by a trusted key, files as signed"),
 }
 # the extra that installs a missing top-level package
 EXTRA_FOR = {"torch": "export", "torchvision": "export", "timm": "export", "onnx": "export", "onnxscript": "export",
-             "flask": "appliance", "watchdog": "appliance", "waitress": "appliance", "pynetdicom": "appliance",
+             "flask": "appliance", "watchdog": "appliance", "cheroot": "appliance", "pynetdicom": "appliance",
              "highdicom": "appliance", "tensorrt": "tensorrt", "pycuda": "tensorrt", "onnxruntime": "cpu|gpu",
              "tritonclient": "triton", "pytriton": "serve"}
 

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import FAKES, run_cli, trained_like_b4_state_dict
+
+
+def _test_signing_key() -> None:
+    """Every bundle the suite makes (export, train, quantize, through the CLI or not) is signed with a
+    test key, and every load trusts it: the same environment a workstation and a box would have
+    (HIPCAD_SIGNING_KEY where bundles are made, HIPCAD_TRUSTED_KEYS where they are loaded)."""
+    from hipcad.runtime.tools.signing import keygen
+
+    folder = Path(tempfile.mkdtemp(prefix="hipcad-test-keys-"))
+    atexit.register(shutil.rmtree, folder, True)
+    key, pub, _ = keygen(folder / "private", "test-signer", None)
+    (folder / "trusted").mkdir()
+    shutil.copy(pub, folder / "trusted" / pub.name)
+    os.environ["HIPCAD_SIGNING_KEY"] = str(key)
+    os.environ["HIPCAD_TRUSTED_KEYS"] = str(folder / "trusted")
+    os.environ.pop("HIPCAD_ALLOW_UNSIGNED_BUNDLES", None)
+
+
+_test_signing_key()
 
 
 @pytest.fixture(scope="session")

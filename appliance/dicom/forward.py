@@ -70,6 +70,11 @@ class Forwarder:
             key = destination_key(text)
             ae, host, port = parse_destination(text)
             self.destinations[key] = Destination(key, ae, host, port)
+        self.tls_context = None
+        if config.pacs_tls:
+            from hipcad.appliance.dicom import tls
+
+            self.tls_context = tls.client_context(config)  # ConfigError now, not at the first send
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.beat = time.monotonic()
@@ -83,6 +88,9 @@ class Forwarder:
         return list(self.destinations)
 
     def start(self) -> None:
+        from hipcad.appliance.dicom import guard
+
+        guard.install()  # bounded PDUs on our associations too: a PACS cannot make us read gigabytes
         self._thread = threading.Thread(target=self._run, name="forward", daemon=True)
         self._thread.start()
 
@@ -196,7 +204,9 @@ class Forwarder:
         ae.network_timeout = 60
         for sop_class in sorted({r["sop_class_uid"] for r in rows}):
             ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        # TLS: the PACS certificate is checked against pacs_tls_ca and the destination's host name
+        tls_args = (self.tls_context, dest.host) if self.tls_context is not None else None
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
         if not assoc.is_established:
             if assoc.is_rejected:
                 rj = assoc.acceptor.primitive
@@ -204,7 +214,8 @@ class Forwarder:
                        f"{getattr(rj, 'result_source', '?')}, reason {getattr(rj, 'diagnostic', '?')}): "
                        f"is our AE title {self.config.dicom_ae_title} known to it?")
             else:
-                why = "no association (connection refused, timed out or aborted)"
+                why = "no association (connection refused, timed out or aborted" + \
+                      (", or the TLS handshake failed)" if tls_args else ")")
             self._destination_failed(dest, why)
             return
         ok = 0

@@ -25,7 +25,6 @@ def data() -> DataDir:
 
 def store() -> Store:
     if "store" not in g:
-        config().data_dir.mkdir(parents=True, exist_ok=True)
         g.store = Store(config().db_path)
     return g.store
 

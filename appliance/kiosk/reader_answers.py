@@ -61,12 +61,12 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts else ""
 
 
-def reader_study_csv(store: Store) -> str:
+def reader_study_csv(store: Store, with_files: bool = True) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for row in store.all_answers():
         truth = json.loads(row["truth_json"]).get(row["side"]) if row["truth_json"] else None
-        writer.writerow([_cell(v) for v in (row["reader"], row["item_id"], row["file"], row["side"], truth,
+        writer.writerow([_cell(v) for v in (row["reader"], row["item_id"], row["file"] if with_files else "", row["side"], truth,
                                              row["before"], row["after"], _when(row["before_at"]), _when(row["after_at"]))])
     return out.getvalue()

@@ -8,7 +8,7 @@ import logging
 from flask import Blueprint, Response, abort, redirect, request, session, url_for
 
 from hipcad.appliance.kiosk import context as ctx
-from hipcad.appliance.kiosk import reader_answers
+from hipcad.appliance.kiosk import reader_answers, security
 
 log = logging.getLogger("hipcad.kiosk")
 
@@ -21,8 +21,11 @@ def answer(item_id: int):
     row = ctx.row_or_404(item_id)
     if not ctx.config().read_first or row["status"] != "done":
         abort(404)
+    form = request.form.to_dict()
+    if security.signed_in():  # the answer is the signed-in reader's, whatever the form says
+        form["reader"] = security.signed_in()
     try:
-        reader, phase, verdicts = reader_answers.parse_answer(request.form)
+        reader, phase, verdicts = reader_answers.parse_answer(form)
     except reader_answers.AnswerError as err:
         abort(400, description=str(err))
     store = ctx.store()
@@ -37,5 +40,8 @@ def answer(item_id: int):
 
 @bp.get("/export/reader-study.csv")
 def reader_study():
-    return Response(reader_answers.reader_study_csv(ctx.store()), mimetype="text/csv",
+    security.accessed("exported the reader study", [])
+    # file names can hold patient names: only in a signed-in reader's export
+    return Response(reader_answers.reader_study_csv(ctx.store(), with_files=security.signed_in() is not None),
+                    mimetype="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="reader-study.csv"'})

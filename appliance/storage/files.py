@@ -12,6 +12,7 @@ value or the name a file arrived with::
     data/results/<id>.overlay.jpg       radiograph + heatmap + verdicts
     data/results/<id>.image.jpg         the radiograph alone (read-first mode shows this)
     data/outbox/<outbox id>.dcm         a DICOM result (SC or SR) waiting for, or sent to, PACS
+    data/db/hipcad.sqlite3              the queue and result store (the kiosk writes only here)
 """
 
 from __future__ import annotations
@@ -49,11 +50,23 @@ class DataDir:
         self.quarantine = self.root / "quarantine"
         self.results = self.root / "results"
         self.outbox = self.root / "outbox"
+        self.db = self.root / "db"
 
     def create(self) -> "DataDir":
         for folder in (self.root, self.incoming, self.processed, self.quarantine, self.results, self.outbox):
             folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.db.mkdir(mode=0o770, exist_ok=True)
+        self._move_legacy_store()
         return self
+
+    def _move_legacy_store(self) -> None:
+        """Versions before the kiosk and the worker got their own users kept the store in data/."""
+        old = self.root / "hipcad.sqlite3"
+        if old.exists() and not (self.db / old.name).exists():
+            for suffix in ("-wal", "-shm", ""):
+                src = old.with_name(old.name + suffix)
+                if src.exists():
+                    src.rename(self.db / src.name)
 
     def spool(self, sha: str) -> Path:
         if not SHA256_RE.match(sha):

@@ -8,6 +8,7 @@ their own connection (one per thread); the kiosk writes only reader answers.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -78,7 +79,11 @@ class Duplicate(HipcadError):
 class Store:
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
         self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        if new:  # worker and kiosk (two users, one group) both write it; its -wal/-shm files take this mode
+            os.chmod(self.path, 0o660)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

@@ -6,9 +6,28 @@ import argparse
 import signal
 import sys
 
-from hipcad.appliance.config import ConfigError, load_config
+from hipcad.appliance.config import Config, ConfigError, load_config, parse_destination
 from hipcad.appliance.logs import setup_service_logging
 from hipcad.appliance.worker.service import Worker
+
+
+def ip_allow_dropin(config: Config) -> str:
+    """``/etc/systemd/system/hipcad-worker.service.d/network.conf``: the unit lets in loopback only;
+    this adds the modalities and PACS of the config (cgroup-BPF filtering, below the listener's own checks)."""
+    import ipaddress
+
+    allowed = list(config.dicom_allowed_hosts)
+    for text in config.pacs_destinations:
+        host = parse_destination(text)[1]
+        try:
+            allowed.append(str(ipaddress.ip_address(host)))
+        except ValueError:
+            raise ConfigError(f"pacs_destinations: {host!r} is a name; IPAddressAllow= needs addresses: write the "
+                              "PACS address in pacs_destinations (its certificate must then name that address)") from None
+    lines = ["# written by `hipcad worker --ip-allow-dropin` from " + config.source, "[Service]",
+             "IPAddressAllow=localhost"]
+    lines += [f"IPAddressAllow={address}" for address in dict.fromkeys(allowed)]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,9 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration (see systemd/hipcad.toml.example); "
                         "every key can also be set as HIPCAD_<KEY> in the environment")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--ip-allow-dropin", action="store_true",
+                        help="print a systemd drop-in for hipcad-worker.service that lets in only the configured "
+                        "modalities (dicom_allowed_hosts) and PACS (pacs_destinations), then exit")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        if args.ip_allow_dropin:
+            print(ip_allow_dropin(config), end="")
+            return 0
     except ConfigError as err:
         print(f"hipcad worker: {err}", file=sys.stderr)
         return 2

@@ -38,10 +38,17 @@ RETENTION_S = 3600.0
 LISTENER_RETRY_S = 30.0
 
 
+def box_backend_opener(config: Config):
+    """open_backend as the box uses it: TensorRT plans only from engine_cache_dir (or the bundle's
+    engines/), verified and never built here; hipcad-engine.service builds them."""
+    tensorrt = {"cache_dir": config.engine_cache_dir or None, "allow_build": False}
+    return lambda name, bundle, **options: open_backend(name, bundle, per_backend={"tensorrt": tensorrt}, **options)
+
+
 class Worker:
-    def __init__(self, config: Config, backend_opener=open_backend, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, backend_opener=None, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.open_backend = backend_opener
+        self.open_backend = backend_opener or box_backend_opener(config)
         self.notifier = notifier or Notifier()
         self.data = DataDir(config.data_dir)
         self.stop = threading.Event()
@@ -61,8 +68,10 @@ class Worker:
     def run(self) -> int:
         config = self.config
         try:
-            self.bundle = load_bundle(config.model or None)
+            self.bundle = load_bundle(config.model or None, config.trust())
             truth = load_truth(config.truth_labels)
+            if config.pacs_destinations:
+                self.forwarder = Forwarder(config, self.data)
         except HipcadError as err:
             log.error("cannot start: %s", err)
             return 2
@@ -71,8 +80,6 @@ class Worker:
         store = Store(config.db_path)
         reconcile(store, self.data)
         self.started_at = time.time()
-        if config.pacs_destinations:
-            self.forwarder = Forwarder(config, self.data)
         reader = self.reader = Reader(config, self.data, self.bundle, truth, self.open_backend, self.forwarder)
         self._thread = threading.Thread(target=reader.run, name="inference", daemon=True)
         self._thread.start()
@@ -169,9 +176,11 @@ class Worker:
     def _start_listener(self, store: Store) -> None:
         try:
             self.listener.start()
-        except OSError as err:
-            log.error("DICOM listener not started: %s (retrying every %.0f s)", err.strerror or err, LISTENER_RETRY_S)
-            store.add_event("dicom", self.listener.error or str(err))
+        except (OSError, HipcadError) as err:
+            self.listener.error = self.listener.error or str(err)
+            log.error("DICOM listener not started: %s (retrying every %.0f s)", getattr(err, "strerror", None) or err,
+                      LISTENER_RETRY_S)
+            store.add_event("dicom", self.listener.error)
 
     def _check_disk(self) -> None:
         self.disk_free_mb = round(free_mb(self.data.root), 1)

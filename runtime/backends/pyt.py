@@ -8,12 +8,14 @@ when this backend is used; it needs torch >= 2.5 (``torch.export.passes.move_to_
 
 from __future__ import annotations
 
+import hashlib
+import io
+
 import numpy as np
 
 from hipcad.runtime.backends import tf32
 from hipcad.runtime.backends.base import Backend
 from hipcad.runtime.errors import BackendUnavailableError, BundleError
-from hipcad.runtime.model.files import sha256_file
 
 
 class TorchBackend(Backend):
@@ -53,9 +55,10 @@ class TorchBackend(Backend):
             raise BackendUnavailableError(
                 f"bundle {self.bundle.path} has no PyTorch program (model.pt2); re-export it without --no-torch"
             )
-        if sha256_file(path) != self.bundle.manifest["torch"]["sha256"]:
+        data = self.bundle.read_member(self.bundle.manifest["torch"]["file"])  # files table, when signed
+        if hashlib.sha256(data).hexdigest() != self.bundle.manifest["torch"]["sha256"]:
             raise BundleError(f"bundle {self.bundle.path}: {path.name} does not match its manifest; refusing to load it")
-        program = torch.export.load(str(path))
+        program = torch.export.load(io.BytesIO(data))  # the bytes just checked
         if cuda:
             from torch.export.passes import move_to_device_pass
 

@@ -42,8 +42,9 @@ def availability() -> dict[str, tuple[bool, str]]:
     return {name: backend_class(name).availability() for name in BACKENDS}
 
 
-def open_backend(name: str, bundle, selftest: bool = True, **options) -> Backend:
+def open_backend(name: str, bundle, selftest: bool = True, per_backend: dict | None = None, **options) -> Backend:
     """An activated (and self-tested) backend. ``auto`` takes the first in AUTO_ORDER that loads.
+    ``per_backend`` maps a backend's name to options only it takes (e.g. TensorRT's ``cache_dir``).
 
     The backend's ``fallback_reason`` says why earlier choices were skipped (for the log, the
     kiosk banner and /api/health).
@@ -58,7 +59,8 @@ def open_backend(name: str, bundle, selftest: bool = True, **options) -> Backend
                 cls.require_available()  # raises, naming the backend and what to install
             reasons.append(f"{candidate}: {why}")
             continue
-        backend = cls(bundle, **{**VARIANTS.get(candidate, (candidate, {}))[1], **options})
+        backend = cls(bundle, **{**VARIANTS.get(candidate, (candidate, {}))[1], **options,
+                                 **(per_backend or {}).get(candidate, {})})
         try:
             backend.activate()
             if selftest:

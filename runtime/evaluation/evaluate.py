@@ -89,6 +89,9 @@ def write_operating_points(bundle, y, p, target_sens: float, target_spec: float,
             raise HipcadError(f"unknown operating point {select!r}; defined: {', '.join(points)}")
         manifest["operating_point"] = select
     atomic_write(bundle.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    from hipcad.runtime.tools.signing import sign_if_configured
+
+    sign_if_configured(bundle.path)  # the manifest changed: its old signature no longer matches
     return points
 
 

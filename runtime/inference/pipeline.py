@@ -54,6 +54,7 @@ class Pipeline:
             "label": bundle.label,
             "synthetic_demo": bundle.synthetic_demo,
             "trained": bundle.trained,
+            "verified": bundle.verified,
             "operating_point": bundle.operating_point,
             "threshold": self.threshold,
             "backend": backend.name,

@@ -1,5 +1,10 @@
 """Model bundles: a folder with ``manifest.json`` and ``model.onnx`` (the fixed interface of the
-project's design notes: the manifest says what the model is, how it was made and how far to trust it)."""
+project's design notes: the manifest says what the model is, how it was made and how far to trust it).
+
+:func:`load_bundle` admits only a bundle signed by a trusted key (:mod:`.signature`), unless the
+development override is on (then its notice says so). Every file the manifest names must lie inside
+the bundle; each is hashed against the manifest's files table when it is read (:meth:`Bundle.read_member`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from hipcad.runtime.errors import BundleError
-from hipcad.runtime.model import intended_use
+from hipcad.runtime.model import intended_use, signature
 from hipcad.runtime.model.notice import SafetyNotice, safety_notice
 
 MANIFEST = "manifest.json"
@@ -25,7 +30,8 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "demo"
 @contextlib.contextmanager
 def staged_bundle(out: Path):
     """A temporary folder beside ``out`` to assemble a bundle in: it replaces ``out`` when the
-    block finishes and is removed when it fails, so a failed export never leaves half a bundle."""
+    block finishes and is removed when it fails, so a failed export never leaves half a bundle.
+    Writers sign the finished folder (``hipcad.runtime.tools.signing.sign_if_configured``) before the block ends."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -43,13 +49,18 @@ def staged_bundle(out: Path):
 class Bundle:
     """A model bundle on disk. Reading the manifest is cheap; the ONNX hash is checked on demand."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, trust: "signature.Trust | None" = None) -> None:
+        """``trust`` None reads the bundle without checking who made it (workstation code working
+        on its own output); :func:`load_bundle` always passes one."""
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise BundleError(f"{self.path} is not a model bundle: {MANIFEST} is missing")
         try:
-            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            data = signature.safe_member(self.path, MANIFEST).read_bytes()
+            self.manifest = json.loads(data.decode("utf-8"))
+            if not isinstance(self.manifest, dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as err:
             raise BundleError(f"cannot read {manifest_path}: {err}") from err
         if self.manifest.get("format") != FORMAT:
@@ -58,12 +69,13 @@ class Bundle:
             shape = self.manifest["input"]["shape"]
             self.input_hw: tuple[int, int] = (int(shape[2]), int(shape[3]))
             self.class_names: list[str] = list(self.manifest["class_names"])
-            self.onnx_path = self.path / self.manifest["onnx"]["file"]
             self.onnx_sha256: str = self.manifest["onnx"]["sha256"]
+            onnx_name = self.manifest["onnx"]["file"]
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise BundleError(f"{manifest_path} lacks a required field: {err}") from err
-        if not self.onnx_path.is_file():
-            raise BundleError(f"bundle {self.path}: {self.onnx_path.name} is missing")
+        self.onnx_path = signature.safe_member(self.path, onnx_name)
+        self.files: dict = self.manifest.get("files") or {}
+        self.signature = signature.verify(self.path, data, self.manifest, trust) if trust is not None else None
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -94,9 +106,14 @@ class Bundle:
         return notice.label(self.name) if notice else self.name
 
     @property
+    def verified(self) -> bool:
+        """False only when it was loaded under the development override without a valid signature."""
+        return self.signature is None or self.signature.verified
+
+    @property
     def notice(self) -> SafetyNotice | None:
-        """The safety notice its output carries (untrained or synthetic demo), else None."""
-        return safety_notice(self.trained, self.synthetic_demo)
+        """The safety notice its output carries (unverified, untrained or synthetic demo), else None."""
+        return safety_notice(self.trained, self.synthetic_demo, self.verified)
 
     # -- what it is for -----------------------------------------------------------------
     @cached_property
@@ -122,7 +139,7 @@ class Bundle:
     @cached_property
     def verified_onnx_bytes(self) -> bytes:
         """The ONNX file's bytes, after checking them against the manifest's sha256."""
-        data = self.onnx_path.read_bytes()
+        data = self.read_member(self.manifest["onnx"]["file"])
         actual = hashlib.sha256(data).hexdigest()
         if actual != self.onnx_sha256:
             raise BundleError(
@@ -131,12 +148,35 @@ class Bundle:
             )
         return data
 
+    def read_member(self, name: str) -> bytes:
+        """A file of the bundle, read once and checked against the manifest's files table (when the
+        bundle has one; a signed bundle always has): what was checked is what the caller gets."""
+        data = signature.safe_member(self.path, name).read_bytes()
+        if self.files or self.signature is not None:
+            entry = self.files.get(name)
+            if not isinstance(entry, dict):
+                raise BundleError(f"bundle {self.path}: {name} is not listed in the manifest's files; refusing it")
+            if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+                raise BundleError(f"bundle {self.path}: {name} does not match its manifest (changed after it was "
+                                  "signed?); refusing to load it")
+        return data
+
     def file(self, key: str) -> Path | None:
-        """Path of an optional bundle member named in the manifest (e.g. ``selftest``)."""
+        """Path of an optional bundle member named in the manifest (e.g. ``selftest``), inside the bundle."""
         entry = self.manifest.get(key)
         if not entry:
             return None
-        return self.path / entry["file"]
+        if not isinstance(entry, dict) or "file" not in entry:
+            raise BundleError(f"bundle {self.path}: manifest entry {key!r} names no file")
+        return signature.safe_member(self.path, entry["file"], must_exist=False)
+
+    def member_bytes(self, key: str) -> bytes | None:
+        """The checked bytes of the member the manifest names under ``key``, or None when it names none."""
+        entry = self.manifest.get(key)
+        if not entry:
+            return None
+        self.file(key)
+        return self.read_member(entry["file"])
 
     def describe(self) -> dict:
         return {
@@ -150,10 +190,14 @@ class Bundle:
             "operating_point": self.operating_point,
             "threshold": self.threshold,
             "label": self.label,
+            "verified": self.verified,
+            "signature": self.signature.public() if self.signature is not None else None,
         }
 
 
-def load_bundle(path: str | Path | None = None) -> Bundle:
+def load_bundle(path: str | Path | None = None, trust: "signature.Trust | None" = None) -> Bundle:
+    """The bundle at ``path`` (default: the shipped demo model), signed by a key of ``trust``
+    (default: :meth:`signature.Trust.from_environment`), or BundleError saying why not."""
     if path is None:
         if not (DEFAULT_BUNDLE / MANIFEST).is_file():
             raise BundleError(
@@ -161,4 +205,4 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
                 "(make one with `hipcad export`)"
             )
         path = DEFAULT_BUNDLE
-    return Bundle(path)
+    return Bundle(path, trust if trust is not None else signature.Trust.from_environment())

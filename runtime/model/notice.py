@@ -29,9 +29,13 @@ class SafetyNotice:
 
 UNTRAINED = SafetyNotice("UNTRAINED MODEL", "random weights, its output is meaningless")
 SYNTHETIC_DEMO = SafetyNotice("SYNTHETIC DEMO MODEL", "trained on synthetic phantoms only")
+# first: what an unverified manifest says about its training cannot be believed either
+UNVERIFIED = SafetyNotice("UNVERIFIED MODEL BUNDLE", "not signed by a trusted key, loaded under the development override")
 
 
-def safety_notice(trained: bool, synthetic_demo: bool) -> SafetyNotice | None:
+def safety_notice(trained: bool, synthetic_demo: bool, verified: bool = True) -> SafetyNotice | None:
+    if not verified:
+        return UNVERIFIED
     if not trained:
         return UNTRAINED
     if synthetic_demo:
@@ -41,4 +45,5 @@ def safety_notice(trained: bool, synthetic_demo: bool) -> SafetyNotice | None:
 
 def notice_for(model: dict) -> SafetyNotice | None:
     """The notice of a model described as a dict (``Bundle.describe()``, a result's ``model``)."""
-    return safety_notice(bool(model.get("trained", True)), bool(model.get("synthetic_demo", False)))
+    return safety_notice(bool(model.get("trained", True)), bool(model.get("synthetic_demo", False)),
+                         bool(model.get("verified", True)))

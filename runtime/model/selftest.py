@@ -75,10 +75,13 @@ def compare_outputs(a: tuple, b: tuple, threshold: float, precision: str) -> dic
 
 def run_selftest(backend) -> dict:
     """Run the bundle's reference inputs through an active backend; raise SelfTestError if off."""
-    path = backend.bundle.file("selftest")
-    if path is None or not path.is_file():
-        return {"agree": True, "skipped": "bundle has no self-test data"}
-    with np.load(path) as ref:
+    import io
+
+    data = backend.bundle.member_bytes("selftest")  # checked against the manifest's files table
+    if data is None:
+        raise SelfTestError(f"bundle {backend.bundle.path} has no self-test data (selftest.npz): a backend cannot be "
+                            "checked against it, so it is not used; re-export the bundle")
+    with np.load(io.BytesIO(data)) as ref:
         images, ref_logits, ref_cam = ref["image"], ref["logits"], ref["cam"]
     result = compare_outputs((ref_logits, ref_cam), backend.infer(images), backend.bundle.threshold, backend.precision)
     if "error" in result:

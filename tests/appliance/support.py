@@ -58,8 +58,17 @@ def radiographs(tmp_path_factory) -> list[Path]:
     return _once("radiographs", make)
 
 
+TEST_READER = ("tester", "test reader password")
+
+
 def write_config(tmp_path: Path, bundle: Path, **extra) -> Path:
-    """A worker/kiosk config for a test: hot folder and data folder under ``tmp_path``."""
+    """A worker/kiosk config for a test: hot folder and data folder under ``tmp_path``; the kiosk open
+    on loopback, and one reader account (TEST_READER) for what only a signed-in reader sees."""
+    from hipcad.appliance.kiosk.accounts import add_user
+
+    users = tmp_path / "kiosk-users"
+    if not users.exists():
+        add_user(users, *TEST_READER)
     values = {
         "hot_folder": str(tmp_path / "hot"),
         "data_dir": str(tmp_path / "data"),
@@ -69,6 +78,9 @@ def write_config(tmp_path: Path, bundle: Path, **extra) -> Path:
         "rescan_interval_s": 2.0,
         "min_free_mb": 1,
         "kiosk_secret_key": "test-secret",
+        "trusted_keys": os.environ["HIPCAD_TRUSTED_KEYS"],  # the test signing key (tests/conftest.py)
+        "kiosk_allow_unauthenticated_loopback": True,
+        "kiosk_users_file": str(users),
         **extra,
     }
     lines = []
@@ -180,19 +192,19 @@ def finished(config_path: Path) -> int:
 
 @contextmanager
 def kiosk_server(config):
-    """The kiosk app served by waitress on a free loopback port, in a thread of this process."""
-    from waitress import create_server
-
+    """The kiosk app served as ``hipcad kiosk`` serves it (cheroot; HTTPS with kiosk_tls_cert) on a free
+    loopback port, in a thread of this process."""
     from hipcad.appliance.kiosk import create_app
+    from hipcad.appliance.kiosk.cli import make_server, url_of
 
-    app = create_app(config)
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = make_server(create_app(config), config, host="127.0.0.1", port=0)
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        yield url_of(config, server).rstrip("/")
     finally:
-        server.close()
+        server.stop()
 
 
 @contextmanager
@@ -211,12 +223,19 @@ def demo_process(tmp_path: Path, bundle: Path, count: int):
 
 
 # -- real DICOM peers (Debian packages dcmtk and orthanc), on loopback only ----------------------------
-def kiosk_client(config_path: Path):
-    """A Flask test client of the kiosk for a config file (environment ignored)."""
+def kiosk_client(config_path: Path, signed_in: bool = True):
+    """A Flask test client of the kiosk for a config file (environment ignored), signed in as
+    TEST_READER (HTTP Basic) unless ``signed_in`` is false."""
+    import base64
+
     from hipcad.appliance.config import load_config
     from hipcad.appliance.kiosk import create_app
 
-    return create_app(load_config(config_path, environ={})).test_client()
+    client = create_app(load_config(config_path, environ={})).test_client()
+    if signed_in:
+        token = base64.b64encode(":".join(TEST_READER).encode()).decode()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Basic {token}"
+    return client
 
 
 def need_binary(name: str, package: str) -> str:

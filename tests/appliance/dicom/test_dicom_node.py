@@ -90,6 +90,7 @@ def echo(port: int, calling: str = MODALITY) -> subprocess.CompletedProcess:
 # -- configuration ---------------------------------------------------------------------------------
 def test_dicom_config_keys_and_refusals(tmp_path):
     config = load_config(None, environ={"HIPCAD_DICOM_PORT": "11112", "HIPCAD_DICOM_ALLOWED_AETS": "CR1, DR2",
+                                        "HIPCAD_DICOM_ALLOWED_HOSTS": "10.1.2.0/24",
                                         "HIPCAD_PACS_DESTINATIONS": "PACS@10.0.0.5:104,ARCH@[fd00::5]:11112"})
     assert config.dicom_port == 11112 and config.dicom_allowed_aets == ["CR1", "DR2"]
     from hipcad.appliance.dicom.forward import backoff, destination_key
@@ -98,6 +99,12 @@ def test_dicom_config_keys_and_refusals(tmp_path):
     assert [backoff(n, 10, 600) for n in (1, 2, 3, 7, 8, 20)] == [10, 20, 40, 600, 600, 600]
     with pytest.raises(ConfigError, match="would accept anyone"):
         load_config(None, environ={"HIPCAD_DICOM_PORT": "104"})
+    with pytest.raises(ConfigError, match="would accept anyone"):  # an AE title list alone is not enough
+        load_config(None, environ={"HIPCAD_DICOM_PORT": "104", "HIPCAD_DICOM_ALLOWED_AETS": "CR1"})
+    with pytest.raises(ConfigError, match="dicom_tls needs"):
+        load_config(None, environ={"HIPCAD_DICOM_TLS": "1", "HIPCAD_DICOM_TLS_CERT": "/x.pem"})
+    with pytest.raises(ConfigError, match="pacs_tls needs"):
+        load_config(None, environ={"HIPCAD_PACS_TLS": "1"})
     for bad in ({"HIPCAD_DICOM_AE_TITLE": "A\\B"}, {"HIPCAD_DICOM_AE_TITLE": "SEVENTEEN_CHARS_X"},
                 {"HIPCAD_PACS_DESTINATIONS": "PACS:104"}, {"HIPCAD_PACS_DESTINATIONS": "P@h:70000"},
                 {"HIPCAD_DICOM_ALLOWED_HOSTS": "modality.local"}, {"HIPCAD_DICOM_PORT": "-1"}):
@@ -223,7 +230,7 @@ def listener(tmp_path):
     from hipcad.appliance.dicom.scp import Listener
 
     def make(accepting=lambda: True, **keys):
-        values = {"dicom_port": free_port(), "dicom_allowed_aets": [MODALITY], **keys}
+        values = {"dicom_port": free_port(), "dicom_allowed_aets": [MODALITY], "dicom_allowed_hosts": ["127.0.0.1"], **keys}
         config = load_config(None, environ={}, hot_folder=tmp_path / "hot", data_dir=tmp_path / "data", **values)
         data = DataDir(config.data_dir).create()
         Store(config.db_path).close()
@@ -305,12 +312,12 @@ def test_failure_statuses_and_nothing_half_written(listener, tmp_path, monkeypat
     assert _c_store(scp.port, _dx_file(tmp_path / "mg.dcm", as_mammo=True)) == 0xA900
     assert _c_store(scp.port, _dx_file(tmp_path / "junk.dcm", body=b"\x10\x00\x10\x00PN\xff\xff" + os.urandom(300))) == 0xC000
 
-    import hipcad.appliance.dicom.scp as scp_module
+    import hipcad.appliance.dicom.guard as guard_module
 
     def no_space(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(scp_module.os, "fsync", no_space)
+    monkeypatch.setattr(guard_module.os, "fsync", no_space)
     assert _c_store(scp.port, _dx_file(tmp_path / "full.dcm")) == 0xA700
     monkeypatch.undo()
     assert {p.name for p in scp.data_dir.incoming.iterdir()} == spooled  # no temporary left behind
@@ -327,12 +334,12 @@ def test_failure_statuses_and_nothing_half_written(listener, tmp_path, monkeypat
     assert _c_store(full.port, _dx_file(tmp_path / "guard.dcm")) == 0xA700
 
 
-def test_host_not_allowed_is_rejected(listener):
+def test_host_not_allowed_is_closed_at_accept(listener):
     scp = listener(dicom_allowed_aets=[], dicom_allowed_hosts=["10.99.0.0/16"])
     proc = echo(scp.port)
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "Association Rejected" in text and "Reason: No Reason" in text, text
-    assert scp.status()["last_rejected"]["reason"] == "host address not allowed"
+    assert proc.returncode != 0 and "Association Accepted" not in text, text
+    assert scp.status()["last_rejected"]["reason"].startswith("host not on dicom_allowed_hosts")
     allowed = listener(dicom_allowed_aets=[], dicom_allowed_hosts=["127.0.0.0/8"])
     assert echo(allowed.port).returncode == 0
 

@@ -59,6 +59,7 @@ def pacs(tmp_path_factory, small_bundle):
     orthanc = Orthanc(root / "orthanc", {"HIPCAD": port, "STORESCU": 104}).start()
     try:
         config = write_config(root, small_bundle, dicom_port=port, dicom_ae_title="HIPCAD", dicom_allowed_aets=[MODALITY],
+                              dicom_allowed_hosts=["127.0.0.1"],
                               pacs_destinations=[f"{Orthanc.AE_TITLE}@127.0.0.1:{orthanc.dicom_port}"],
                               pacs_retry_initial_s=0.5, pacs_retry_max_s=2.0)
         worker = WorkerProcess(config).start()
@@ -200,7 +201,7 @@ def _queued_results(tmp_path, destinations: list[str]):
     from hipcad.runtime.durable import atomic_write
 
     data = DataDir(tmp_path / "data").create()
-    store = Store(data.root / "hipcad.sqlite3")
+    store = Store(data.root / "db" / "hipcad.sqlite3")
     item_id = store.enqueue("ab" * 32, "1.2.3.4", "x.dcm", 10)
     plan = dicom_results.plan(destinations)
     for obj in plan:

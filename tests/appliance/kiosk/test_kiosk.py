@@ -28,7 +28,7 @@ UNTRAINED = {"name": "b0", "label": "b0 (UNTRAINED random weights - output is me
 
 def make_config(tmp_path, **overrides) -> Config:
     values = {"hot_folder": tmp_path / "hot", "data_dir": tmp_path / "data", "model": str(tmp_path / "no-model"),
-              "kiosk_secret_key": "test", **overrides}
+              "kiosk_secret_key": "test", "kiosk_allow_unauthenticated_loopback": True, **overrides}
     return Config(**values).validate()
 
 
@@ -63,23 +63,31 @@ def token_of(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def test_refuses_to_listen_off_loopback_without_auth(tmp_path, capsys):
+def test_refuses_to_listen_off_loopback_without_auth_and_tls(tmp_path, capsys):
     with pytest.raises(ConfigError, match="needs authentication"):
         create_app(make_config(tmp_path, kiosk_bind="0.0.0.0"))
+    with pytest.raises(ConfigError, match="and TLS"):  # a password alone would cross the network in clear
+        create_app(make_config(tmp_path, kiosk_bind="0.0.0.0", kiosk_password_hash=generate_password_hash(PASSWORD)))
     conf = tmp_path / "k.toml"
     conf.write_text(f'data_dir = "{tmp_path / "data"}"\nkiosk_bind = "0.0.0.0"\n')
     assert main(["--config", str(conf)]) == 2
     assert "refusing to listen on 0.0.0.0" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="kiosk_allow_unauthenticated_loopback"):  # loopback opens only when told
+        create_app(make_config(tmp_path, kiosk_allow_unauthenticated_loopback=False))
 
 
 def test_authentication_required_off_loopback(tmp_path):
-    config = make_config(tmp_path, kiosk_bind="0.0.0.0", kiosk_password_hash=generate_password_hash(PASSWORD))
+    config = make_config(tmp_path, kiosk_bind="10.1.2.3", kiosk_password_hash=generate_password_hash(PASSWORD),
+                         kiosk_tls_cert="cert.pem", kiosk_tls_key="key.pem", kiosk_allow_unauthenticated_loopback=False)
     populate(config)
     client = create_app(config).test_client()
-    for url in ("/", "/study/1", "/api/results", "/api/health", "/metrics", "/results/1/overlay.jpg", "/export/reader-study.csv"):
+    for url in ("/api/results", "/api/health", "/metrics", "/results/1/overlay.jpg", "/export/reader-study.csv"):
         response = client.get(url)
         assert response.status_code == 401, url
         assert response.headers["WWW-Authenticate"].startswith("Basic")
+    for url in ("/", "/study/1"):  # pages send a browser to the sign-in form
+        response = client.get(url)
+        assert response.status_code == 303 and "/login" in response.headers["Location"], url
     assert client.get("/", auth=("doctor", "wrong password")).status_code == 401
     assert client.get("/", auth=("mallory", PASSWORD)).status_code == 401
     assert client.get("/", auth=("doctor", PASSWORD)).status_code == 200
@@ -193,8 +201,9 @@ def test_read_first_hides_cad_until_answered(tmp_path):
     assert "Answers recorded" in client.get("/study/1").get_data(as_text=True)
     rows = list(csv.reader(io.StringIO(client.get("/export/reader-study.csv").get_data(as_text=True))))
     assert rows[0] == ["reader", "study_id", "file", "side", "truth", "before", "after", "before_at", "after_at"]
-    assert [r[:7] for r in rows[1:]] == [["'=HYPERLINK(1)", "1", "film-0.dcm", "right", "1", "1", "0"],
-                                         ["'=HYPERLINK(1)", "1", "film-0.dcm", "left", "0", "0", "0"]]
+    # nobody signed in (an open loopback screen): the file name, which can hold patient data, is left out
+    assert [r[:7] for r in rows[1:]] == [["'=HYPERLINK(1)", "1", "", "right", "1", "1", "0"],
+                                         ["'=HYPERLINK(1)", "1", "", "left", "0", "0", "0"]]
     assert all(r[7] and r[8] for r in rows[1:])
     # another reader (another session) still sees study 1 hidden
     assert create_app(config).test_client().get("/api/results/1").get_json()["cad_hidden"]

@@ -92,6 +92,70 @@ def test_live_update_and_read_first_in_a_browser(tmp_path, small_bundle, radiogr
             rows = list(csv.DictReader(io.StringIO(text)))
             assert [(r["reader"], r["study_id"], r["side"], r["before"], r["after"]) for r in rows] == [
                 ("Dr Night", "2", "right", "1", "0"), ("Dr Night", "2", "left", "0", "0")]
-            assert rows[0]["file"] == radiographs[1].name and rows[0]["before_at"] and rows[0]["after_at"]
+            assert rows[0]["file"] == "" and rows[0]["before_at"] and rows[0]["after_at"]  # no login: no file names
+        finally:
+            browser.close()
+
+
+def spki_hash(cert_path: Path) -> str:
+    """base64 sha256 of a certificate's public key: what Chromium's --ignore-certificate-errors-spki-list pins."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def test_sign_in_over_tls_in_a_browser(tmp_path, small_bundle, radiographs):
+    """The kiosk as a screen on the network would use it: HTTPS (cheroot, TLS 1.2+), a named reader
+    signs in, the study is shown, the session cookie is Secure/HttpOnly/SameSite=Strict, sign-out."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from hipcad.appliance.kiosk.accounts import add_user
+    from tests.appliance.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    add_user(tmp_path / "users", "alice", "correct horse battery")
+    config_path = write_config(tmp_path, small_bundle, kiosk_users_file=str(tmp_path / "users"),
+                               kiosk_allow_unauthenticated_loopback=False, kiosk_tls_cert=str(pki["box"]),
+                               kiosk_tls_key=str(pki["box_key"]))
+    config = load_config(config_path, environ={})
+    drop(radiographs[0], tmp_path / "hot")
+    with WorkerProcess(config_path), kiosk_server(config) as url, playwright_api.sync_playwright() as pw:
+        assert url.startswith("https://127.0.0.1:")
+        wait_for(lambda: finished(config_path) == 1, 60, what="the first result")
+        untrusting = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:  # a certificate the browser does not trust: no page
+            with pytest.raises(playwright_api.Error, match="ERR_CERT"):
+                untrusting.new_page().goto(url + "/login")
+        finally:
+            untrusting.close()
+        # the screen trusts the box's key (as a hospital CA in its trust store would make it)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={spki_hash(pki['box'])}"])
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            response = page.goto(url + "/")
+            assert page.url.startswith(url + "/login")
+            assert response.headers.get("strict-transport-security", "").startswith("max-age=")
+            page.fill("input[name=user]", "alice")
+            page.fill("input[name=password]", "wrong password")
+            page.click("button[type=submit]")
+            assert "Unknown reader or wrong password" in page.inner_text("body")
+            page.fill("input[name=user]", "alice")
+            page.fill("input[name=password]", "correct horse battery")
+            page.click("button[type=submit]")
+            page.wait_for_selector("section.study[data-id='1']")
+            assert page.inner_text("#signed-in") == "alice"
+            (cookie,) = page.context.cookies()
+            assert cookie["name"] == "__Host-hipcad" and cookie["secure"] and cookie["httpOnly"]
+            assert cookie["sameSite"] == "Strict"
+            screenshot(page, tmp_path, "kiosk-tls-signed-in.png")
+            page.click("form.logout button")
+            page.wait_for_url(url + "/login*")
+            assert page.goto(url + "/").url.startswith(url + "/login")
         finally:
             browser.close()

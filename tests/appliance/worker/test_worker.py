@@ -27,6 +27,7 @@ from tests.appliance.support import (  # noqa: F401 - fixtures
     demo_process,
     drop,
     finished,
+    kiosk_client,
     radiographs,
     small_bundle,
     store_counts,
@@ -38,12 +39,6 @@ from tests.helpers import REPO
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_UID = "../../etc/passwd"
 HOSTILE_FILE = "<script>alert(3).dcm"  # a file name cannot hold '/'; '<' it can
-
-
-def kiosk_client(config_path: Path):
-    from hipcad.appliance.kiosk import create_app
-
-    return create_app(load_config(config_path, environ={})).test_client()
 
 
 def all_results(client) -> list[dict]:

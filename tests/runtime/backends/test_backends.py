@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hipcad.runtime.backends import BACKENDS, backend_class, open_backend
-from hipcad.runtime.errors import BackendUnavailableError, SelfTestError
+from hipcad.runtime.errors import BackendUnavailableError, BundleError, SelfTestError
 from hipcad.runtime.model.bundle import Bundle
 from hipcad.runtime.model.selftest import reference_inputs
 from tests.helpers import Serve, run_cli
@@ -70,6 +70,11 @@ def test_selftest_refuses_a_backend_whose_outputs_deviate(b4_bundle, tmp_path):
         data = dict(ref)
     data["logits"] = data["logits"] + 0.01
     np.savez(copy / "selftest.npz", **data)
+    with pytest.raises(BundleError, match="selftest.npz does not match its manifest"):  # a changed file of a signed bundle
+        open_backend("onnxruntime", Bundle(copy))
+    from hipcad.runtime.tools.signing import sign_if_configured
+
+    sign_if_configured(copy)  # signed as it is now: wrong references, which only the self-test can catch
     with pytest.raises(SelfTestError, match="refusing to use it"):
         open_backend("onnxruntime", Bundle(copy))
 
