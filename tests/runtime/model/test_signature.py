@@ -48,7 +48,7 @@ def edit_manifest(path: Path, change) -> None:
 def test_signed_bundle_loads_and_names_its_signer(bundle, keys):
     loaded = load_bundle(bundle, keys["trust"])
     assert loaded.verified and loaded.signature.key_id == keys["id"] and loaded.signature.signer == "test vendor"
-    assert set(loaded.files) == {"model.onnx", "selftest.npz"}
+    assert set(loaded.files) == {"model.onnx", "selftest.npz", "pelvis_layout.npz"}
     assert loaded.verified_onnx_bytes and loaded.member_bytes("selftest")
     assert loaded.describe()["signature"]["verified"] is True
 
