@@ -104,7 +104,7 @@ def _human(result) -> str:
     if not result.ok:
         return f"{result.input}: ERROR {result.error}"
     sides = "  ".join(
-        f"patient {s.side}: {s.words} (p={s.probability:.3f})"
+        f"patient {s.side}: {s.words} ({s.score_words})"
         for s in result.sides
     )
     text = f"{result.input}: {sides}  [{result.timings_ms['total']:.0f} ms]"

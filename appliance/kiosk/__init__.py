@@ -17,7 +17,7 @@ from hipcad.appliance.config import Config, load_config
 from hipcad.appliance.kiosk import api, context, health, pages, prometheus, readfirst, security
 from hipcad.appliance.timefmt import clock, day
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.inference.verdict import verdict_words
+from hipcad.runtime.inference.verdict import score_words, threshold_words, verdict_words
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -45,6 +45,9 @@ def create_app(config: Config | None = None) -> Flask:
     app.jinja_env.filters["clock"] = clock
     app.jinja_env.filters["day"] = day
     app.jinja_env.filters["verdict_words"] = verdict_words
+    # "probability 45 %" only for a calibrated bundle's number, else "score 0.45"
+    app.jinja_env.filters["score_words"] = lambda value, calibrated: score_words(value, bool(calibrated))
+    app.jinja_env.filters["threshold_words"] = lambda value, calibrated: threshold_words(value, bool(calibrated))
     return app
 
 

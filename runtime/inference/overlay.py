@@ -79,7 +79,7 @@ def render(
     for half in prepared.halves:
         x0, x1 = round(half.x0 * w / decoded_cols), round(half.x1 * w / decoded_cols)
         verdict = by_side[half.side]
-        text = f"PATIENT {half.side.upper()}: {verdict.words}  p={verdict.probability:.2f}"
+        text = f"PATIENT {half.side.upper()}: {verdict.words}  {verdict.score_words}"
         marker = "R" if half.side == "right" else "L"
         colour = RED if verdict.fracture else GREEN
         # the side marker sits at the outer top corner of its half, as on a film

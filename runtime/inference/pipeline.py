@@ -36,6 +36,7 @@ class Pipeline:
         self.limits = limits
         self.overlay_max_side = overlay_max_side
         self.threshold = bundle.threshold
+        self.calibration = bundle.calibration
         notice = bundle.notice
         self.banner = notice.banner if notice else None
         self.model_info = {
@@ -45,6 +46,9 @@ class Pipeline:
             "trained": bundle.trained,
             "operating_point": bundle.operating_point,
             "threshold": self.threshold,
+            "calibrated": self.calibration.calibrated,
+            "temperature": self.calibration.temperature,
+            "bias": self.calibration.bias,
             "backend": backend.name,
             "device": backend.device,
             "precision": backend.precision,
@@ -111,7 +115,8 @@ class Pipeline:
             return
         result.timings_ms["inference"], t = _ms(t), time.perf_counter()
         try:
-            result.sides = side_verdicts(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale)
+            result.sides = side_verdicts(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale,
+                                         self.calibration)
             result.metadata = {
                 **{k: v for k, v in radiograph.metadata.items() if v is not None},
                 "source_format": radiograph.source_format,

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     reference = outputs["torch-fp32"]
     report["parity_vs_torch_fp32"] = {
-        name: compare_outputs(reference, out, bundle.threshold, "fp16" if "fp16" in name or name == "tensorrt" else "fp32")
+        name: compare_outputs(reference, out, bundle.threshold, "fp16" if "fp16" in name or name == "tensorrt" else "fp32",
+                              bundle.calibration)
         for name, out in outputs.items() if name != "torch-fp32"
     }
     report["agree"] = all(p["agree"] for p in report["parity_vs_torch_fp32"].values())

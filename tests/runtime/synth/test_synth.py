@@ -15,6 +15,7 @@ from PIL import Image
 
 from hipcad.runtime import synth
 from hipcad.runtime.evaluation import dataset as dsmod
+from hipcad.runtime.evaluation.labels_write import write_labels
 from hipcad.runtime.evaluation.dataset import Box, DatasetError, ImageRecord, SideLabel
 
 SIZE = (600, 500)
@@ -209,10 +210,16 @@ def test_dicom_headers(run_dir, info):
 def test_labels_and_regions(run_dir, info):
     labels = _read_csv(run_dir / "labels.csv")
     regions = _read_csv(run_dir / "regions.csv")
-    assert list(labels[0]) == list(dsmod.LABEL_FIELDS) and list(regions[0]) == list(dsmod.REGION_FIELDS)
+    assert list(labels[0]) == [*dsmod.LABEL_FIELDS, "vendor", "fracture_type", "displaced"]
+    assert list(regions[0]) == list(dsmod.REGION_FIELDS)
     assert {r["file"] for r in labels} == set(info)
     fractured = {r["file"] for r in labels if r["side"] != "none"}
     assert fractured == {n for n, i in info.items() if i["fracture"]}
+    for row in labels:  # the attributes the generator knows, as extra columns
+        fx = info[row["file"]]["fracture"]
+        assert row["vendor"].startswith("PHANTOM ")
+        assert (row["fracture_type"], row["displaced"]) == (
+            (fx["kind"], "yes" if fx["displaced"] else "no") if fx else ("", ""))
     assert 0.25 < len(fractured) / COUNT < 0.75
     assert Counter((r["file"], r["side"]) for r in regions) == Counter({(n, s): 1 for n in info for s in ("right", "left")})
 
@@ -348,7 +355,7 @@ def test_dataset_roundtrip(tmp_path):
         ImageRecord("c.png", tmp_path / "c.png", "P2", {"right": SideLabel(True, None), "left": SideLabel(True, Box(1, 2, 3, 4))}),
     ]
     _write(tmp_path, "", files=("a.dcm", "sub/b.jpg", "c.png"))
-    dsmod.write_labels(tmp_path, recs)
+    write_labels(tmp_path, recs)
     text = (tmp_path / "labels.csv").read_text()
     assert text.splitlines()[0] == HEADER.strip()
     assert "sub/b.jpg,P1,none,,,," in text and "a.dcm,P1,right,10,20,30.5,40" in text
