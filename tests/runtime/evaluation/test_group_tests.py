@@ -17,7 +17,7 @@ def test_chi2_sf_matches_scipy(x, df):
 
 
 def test_proportions_test_matches_scipy():
-    table = np.array([[10, 5], [20, 3], [7, 9], [30, 30]])
+    table = np.array([[10, 15], [20, 13], [17, 19], [30, 30]])
     got = proportions_test(table[:, 0], table.sum(axis=1))
     chi2, p, dof, _ = st.chi2_contingency(table, correction=False)
     assert got["test"].startswith("Pearson") and got["df"] == dof == 3
@@ -27,6 +27,15 @@ def test_proportions_test_matches_scipy():
     assert proportions_test([3], [4])["test"] is None  # one group: nothing to compare
     assert proportions_test([3, 0], [4, 0])["test"] is None  # a group without cases is left out
     assert proportions_test([5, 6, 7], [5, 6, 7])["p_value"] == 1.0  # all detected everywhere
+
+
+def test_sparse_tables_get_a_monte_carlo_p_value():
+    """2 false alarms in 18 against none in 108: the chi-square approximation claims p = 0.002; the
+    tables with these margins say otherwise (the exact p, both alarms in the smallest group, is 153/7875 = 0.019)."""
+    got = proportions_test([16, 57, 51], [18, 57, 51])
+    assert "Monte Carlo" in got["test"] and got["statistic"] > 10
+    assert got["p_value"] == pytest.approx(153 / 7875, abs=0.004) and st.chi2.sf(got["statistic"], 2) < 0.005
+    assert proportions_test([16, 57, 51], [18, 57, 51]) == got  # seeded
 
 
 def test_auc_test_of_two_independent_groups_is_delongs_z_squared():

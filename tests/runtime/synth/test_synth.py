@@ -15,8 +15,8 @@ from PIL import Image
 
 from hipcad.runtime import synth
 from hipcad.runtime.evaluation import dataset as dsmod
-from hipcad.runtime.evaluation.labels_write import write_labels
 from hipcad.runtime.evaluation.dataset import Box, DatasetError, ImageRecord, SideLabel
+from hipcad.runtime.evaluation.labels_write import write_labels
 
 SIZE = (600, 500)
 SEED = 7
