@@ -89,6 +89,22 @@ def test_about_half_fractured_both_sides_and_kinds():
     assert all(synth.sample_case(5, i, fracture_rate=1.0).fracture is not None for i in range(20))
 
 
+def test_subtlety_range_plants_a_harder_kind_and_changes_nothing_else():
+    plain = [synth.sample_case(5, i, fracture_rate=1.0) for i in range(60)]
+    harder = [synth.sample_case(5, i, fracture_rate=1.0, subtlety={"neck": (0.9, 1.0)}) for i in range(60)]
+    for a, b in zip(plain, harder):
+        assert (a.fracture.kind, a.fracture.side) == (b.fracture.kind, b.fracture.side) and a.vendor == b.vendor
+        if a.fracture.kind == "neck":
+            assert 0.9 <= b.fracture.subtlety <= 1.0 and b.fracture.subtlety == pytest.approx(0.9 + 0.1 * a.fracture.subtlety)
+        else:
+            assert a.fracture == b.fracture
+    assert synth.sample_case(5, 3, subtlety={"neck": (0.0, 1.0)}) == synth.sample_case(5, 3)  # the full range: as before
+    with pytest.raises(SystemExit):
+        synth.build_parser().parse_args(["--out", "x", "--subtlety", "femur=0.2-0.4"])
+    with pytest.raises(SystemExit):
+        synth.build_parser().parse_args(["--out", "x", "--subtlety", "neck=0.8-0.2"])
+
+
 def test_default_and_exact_sizes():
     for i in range(30):
         spec = synth.sample_case(1, i)
