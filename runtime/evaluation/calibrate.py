@@ -41,6 +41,10 @@ def calibrate(bundle, dataset, dataset_path: str, rows: list[dict], method: str,
     before, after = summary(y, d, fit, current)
     fitted_on = {"dataset": Path(dataset_path).name, "radiographs": len({r["file"] for r in rows}),
                  "halves": len(rows), **{f"{k}_halves": v for k, v in counts.items()}, "by": source}
+    synth = Path(dataset_path) / "synth.json"  # phantoms: say which, so the fit can be repeated
+    if synth.is_file():
+        made = json.loads(synth.read_text(encoding="utf-8"))
+        fitted_on["phantoms"] = {k: made.get(k) for k in ("generator", "seed", "start", "count", "size", "subtlety")}
     name = Path(dataset_path).name
     return calibrated_manifest(bundle.manifest, fit, fitted_on, before, after,
                                reference=make_reference(d, y, f"{source} on {name}"))
