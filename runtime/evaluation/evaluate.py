@@ -144,7 +144,7 @@ def calibration_section(bundle, y: np.ndarray, p: np.ndarray, logits: np.ndarray
     entry = bundle.manifest.get("calibration") or {}
     out.update(method=entry.get("method"), temperature=cal.temperature, bias=cal.bias, fitted_on=entry.get("fitted_on"))
     if cal.calibrated:
-        raw = calibration_metrics(y, log_odds_probability(logits), n_bootstrap=0)
+        raw = calibration_metrics(y, log_odds_probability(logits))
         out["uncalibrated"] = {k: raw[k] for k in ("ece", "brier", "log_loss")}
     return out
 

@@ -8,8 +8,8 @@ command line, the overlay, the kiosk, the DICOM report, the log) words it with
 The number is ``sigmoid((l1 - l0) / T + b)`` of the network's two logits: the softmax of class 1
 with the bundle's temperature ``T`` (and, for Platt scaling, a bias ``b``; :class:`Calibration`,
 from the manifest's ``calibration``; ``T = 1, b = 0`` when none was fitted). This is the only
-place the calibration is applied. Only a
-calibrated bundle's number is called a probability; an uncalibrated one is a score.
+place the calibration is applied. Only a calibrated bundle's number is called a probability; an
+uncalibrated one is a score.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ def score_words(value: float, calibrated: bool) -> str:
 
 
 def threshold_words(value: float, calibrated: bool) -> str:
-    return f"{value * 100:.0f} %" if calibrated else f"{value:.2f}"
+    """A threshold (or another value on the verdict's scale): "21 %" or "0.21"; below 1 % with two
+    significant digits, so that a small value is not shown as 0."""
+    if calibrated:
+        return f"{value * 100:.0f} %" if value >= 0.01 or value <= 0 else f"{value * 100:.2g} %"
+    return f"{value:.2f}" if value >= 0.01 or value <= 0 else f"{value:.2g}"
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class SideVerdict:
     fracture: bool  # probability >= the operating point's threshold
     heatmap_peak: tuple[float, float]  # centre of the hottest CAM cell, stored-image pixels (x, y)
     heatmap_peak_box: tuple[float, float, float, float]  # that cell: x0, y0, x1, y1
-    logit: float = 0.0  # l1 - l0: the fracture log-odds before any temperature
+    logit: float = 0.0  # l1 - l0: the fracture log-odds before any calibration
     calibrated: bool = False  # whether ``probability`` is a calibrated probability or a raw score
 
     @property

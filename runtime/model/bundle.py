@@ -121,8 +121,8 @@ class Bundle:
 
     @cached_property
     def calibration(self) -> Calibration:
-        """The temperature the logits are divided by before the softmax (manifest ``calibration``,
-        written by ``hipcad train`` or ``hipcad calibrate``); none fitted: temperature 1, a score."""
+        """How the logits become the number shown (manifest ``calibration``: temperature and bias,
+        written by ``hipcad train`` or ``hipcad calibrate``); none fitted: the plain softmax, a score."""
         entry = self.manifest.get("calibration")
         if not entry:
             return UNCALIBRATED

@@ -5,6 +5,7 @@ window set too narrow and too high: bone saturates, soft tissue goes black) is f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from hipcad.appliance.kiosk import create_app
 from hipcad.appliance.storage.store import Store
 from hipcad.runtime.model.bundle import DEFAULT_BUNDLE, load_bundle
 from hipcad.runtime.model.reference import LOGIT_EDGES, N_BINS, bin_index, histogram
-from tests.appliance.support import WorkerProcess, drop, finished, wait_for, write_config
+from tests.appliance.support import WorkerProcess, drop, finished, kiosk_server, wait_for, write_config
 from tests.helpers import run_cli
 
 RECENT = 50
@@ -119,6 +120,32 @@ def test_a_broken_voi_window_half_way_is_flagged(tmp_path):
     assert page.count("<svg") >= 7
     assert _metric(metrics, "hipcad_drift_radiographs", window="14d", outcome="assessed") == 2 * RECENT
     assert sum(d["studies"] for d in second["daily"]) == 2 * RECENT
+    _screenshot(config, tmp_path)
+
+
+def _screenshot(config, tmp_path: Path) -> None:
+    """The drift page in chromium (where Playwright and chromium are installed): flagged, charts drawn."""
+    chromium = Path("/usr/bin/chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return
+    if not chromium.exists():
+        return
+    with kiosk_server(config) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url + "/admin/drift")
+            assert page.locator("#drift-status[data-shift='1'] [data-flag='recent-right']").count() == 1
+            assert page.evaluate("[...document.querySelectorAll('svg.chart')].every(s => s.getBBox().width > 0)")
+            path = tmp_path / "drift.png"
+            page.screenshot(path=str(path), full_page=True)
+            if os.environ.get("HIPCAD_SCREENSHOT_DIR"):
+                shutil.copy(path, Path(os.environ["HIPCAD_SCREENSHOT_DIR"]) / "drift.png")
+        finally:
+            browser.close()
 
 
 def test_the_store_keeps_a_year_of_days_and_a_bounded_ring(tmp_path):
