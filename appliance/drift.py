@@ -215,14 +215,14 @@ def summary(store, bundle, window_days: int = 14, recent: int = 100, history_day
                      "halves": sum(per_day[d].get(f"halves:{s}", 0) for s in SIDES),
                      "positives": sum(per_day[d].get(f"positive:{s}", 0) for s in SIDES)} for d in days[-history_days:]]
     studies = store.drift_recent("study", recent * (1 + BEFORE))
-    now_, before = studies[:recent], studies[recent:]
+    newest, before = studies[:recent], studies[recent:]
 
     def share(rows, test):
         return sum(1 for v in rows if test(v)), len(rows)
     out["rates"] = {
-        "assessed": two_proportions(*share(now_, lambda v: v & 3 == ASSESSED),
+        "assessed": two_proportions(*share(newest, lambda v: v & 3 == ASSESSED),
                                     *share(before, lambda v: v & 3 == ASSESSED)),
-        "warned": two_proportions(*share(now_, lambda v: v & WARNED), *share(before, lambda v: v & WARNED)),
+        "warned": two_proportions(*share(newest, lambda v: v & WARNED), *share(before, lambda v: v & WARNED)),
         "test": f"two-proportion z-test, the last {recent} radiographs against the {BEFORE * recent} before them; "
                 f"shift when p < {ALPHA} with at least {MIN_STUDIES} radiographs in each",
     }

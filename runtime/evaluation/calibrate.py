@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  log loss {b['log_loss']:.4f} -> {a['log_loss']:.4f}; ECE {b['ece']:.4f} -> {a['ece']:.4f}; "
               f"Brier {b['brier']:.4f} -> {a['brier']:.4f} (on the set it was fitted on)")
         for name, point in manifest["operating_points"].items():
-            print(f"  operating point {name}: threshold {point.get('threshold_before_calibration', point['threshold']):.4g} "
-                  f"-> {point['threshold']:.4g} (same verdicts)")
+            before = bundle.manifest["operating_points"][name]["threshold"]
+            print(f"  operating point {name}: threshold {before:.4g} -> {point['threshold']:.4g} (same verdicts)")
         print("  bundle unchanged (--dry-run)" if args.dry_run else f"  written to {bundle.path / MANIFEST}")
     return 0

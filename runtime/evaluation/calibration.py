@@ -182,7 +182,7 @@ def fit_calibration(logits, y, method: str = "temperature") -> dict:
                 break
         if not (T_RANGE[0] <= 1 / a <= T_RANGE[1]) or not math.isfinite(b):
             raise ValueError("the Platt fit failed: the scores do not order these cases")
-    return {"method": method, "temperature": 1.0 / a, "bias": b,
+    return {"method": method, "temperature": float(1.0 / a), "bias": float(b),
             "log_loss_before": _nll(d, y, 1.0, 0.0), "log_loss_after": _nll(d, y, a, b)}
 
 
@@ -199,17 +199,16 @@ def convert_threshold(threshold: float, old: tuple[float, float], new: tuple[flo
 def calibrated_manifest(manifest: dict, fit: dict, fitted_on: dict, before: dict, after: dict,
                         reference: dict | None = None) -> dict:
     """A copy of ``manifest`` with its ``calibration`` replaced by ``fit`` and every operating
-    point's threshold converted to the new scale (the old ones kept as ``threshold_before``)."""
+    point's threshold converted to the new scale (``threshold_uncalibrated``: the same point on
+    the raw softmax's scale)."""
     old_entry = manifest.get("calibration") or {}
     old = (float(old_entry.get("temperature", 1.0)), float(old_entry.get("bias", 0.0)))
     new = (float(fit["temperature"]), float(fit["bias"]))
     points = {}
     for name, point in (manifest.get("operating_points") or {}).items():
         point = dict(point)
-        converted = convert_threshold(point["threshold"], old, new)
-        if converted != point["threshold"]:
-            point["threshold_before_calibration"] = point.get("threshold_before_calibration", point["threshold"])
-            point["threshold"] = converted
+        point["threshold"] = convert_threshold(point["threshold"], old, new)
+        point["threshold_uncalibrated"] = convert_threshold(point["threshold"], new, (1.0, 0.0))
         point["scale"] = f"calibrated probability ({fit['method']} scaling)"
         points[name] = point
     out = dict(manifest, operating_points=points)

@@ -104,14 +104,14 @@ def test_calibrated_manifest_converts_every_operating_point():
     out = calibrated_manifest(manifest, fit, {"dataset": "val"}, {"ece": 0.1}, {"ece": 0.01})
     points = out["operating_points"]
     assert points["default"]["threshold"] == pytest.approx(log_odds_probability(0.0, 0.5, -1.0))
-    assert points["default"]["threshold_before_calibration"] == 0.5
+    assert points["default"]["threshold_uncalibrated"] == pytest.approx(0.5)
     assert points["high_specificity"]["threshold"] == float("inf")
     assert out["calibration"]["temperature"] == 0.5 and out["calibration"]["replaced"] is None
     again = calibrated_manifest(out, {"method": "temperature", "temperature": 2.0, "bias": 0.0}, {}, {}, {})
     # converted from the first calibration's scale, not from the raw one
     assert again["operating_points"]["high_sensitivity"]["threshold"] == pytest.approx(
         convert_threshold(0.1, (1.0, 0.0), (2.0, 0.0)))
-    assert again["operating_points"]["high_sensitivity"]["threshold_before_calibration"] == 0.1
+    assert again["operating_points"]["high_sensitivity"]["threshold_uncalibrated"] == pytest.approx(0.1)
     assert again["calibration"]["replaced"]["method"] == "platt"
 
 

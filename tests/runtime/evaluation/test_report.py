@@ -74,7 +74,7 @@ def test_calibration_changes_the_numbers_not_the_verdicts(evaluated):
     assert cal["method"] == "platt" and cal["fitted_on"]["halves"] == 80 and cal["after"]["log_loss"] < cal["before"]["log_loss"]
     assert manifest["reference"]["halves"] == 80 and len(manifest["reference"]["logits"]) == 80
     point = manifest["operating_points"]["default"]
-    assert point["threshold_before_calibration"] == 0.5 and point["threshold"] != 0.5
+    assert point["threshold_uncalibrated"] == pytest.approx(0.5) and point["threshold"] != 0.5
     a, b = _predictions(root / "before"), _predictions(root / "after")
     assert a.keys() == b.keys()
     assert all(a[k]["predicted"] == b[k]["predicted"] for k in a)  # the same halves called fractured
