@@ -80,6 +80,8 @@ class Config:
     heartbeat_stale_s: float = 30.0
     read_first: bool = False
     history_size: int = 50
+    drift_window_days: int = 14  # /admin/drift and /metrics: the days compared with the model's validation
+    drift_recent: int = 100  # ... and the last this many hips per side (and radiographs, for the rates)
     # -- DICOM node (listener and results to PACS) ---------------------------------------------------
     dicom_port: int = 0  # the storage SCP's TCP port; 0: no listener
     dicom_bind: str = "127.0.0.1"
@@ -150,6 +152,8 @@ class Config:
             raise ConfigError(f"heatmap must be suspected or all, not {self.heatmap!r}")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if not 1 <= self.drift_window_days <= 56 or not 10 <= self.drift_recent <= 4000:
+            raise ConfigError("drift_window_days must be between 1 and 56, drift_recent between 10 and 4000")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:
             raise ConfigError(f"kiosk_port {self.kiosk_port} is not a port number")
         if bool(self.kiosk_tls_cert) != bool(self.kiosk_tls_key):

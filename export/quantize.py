@@ -98,7 +98,7 @@ def agreement(fp32, int8, dataset_path: str) -> dict:
     scored = {}
     for key, bundle in (("fp32", fp32), ("int8", int8)):
         with open_backend("onnxruntime", bundle, device="cpu") as backend:
-            rows, _ = score_dataset(Pipeline(bundle, backend), dataset)
+            rows, *_ = score_dataset(Pipeline(bundle, backend), dataset)
         scored[key] = {(r["file"], r["side"]): r for r in rows}
     keys = sorted(set(scored["fp32"]) & set(scored["int8"]))
     if not keys:

@@ -22,6 +22,7 @@ COMMANDS = {
     "gpu-check": ("hipcad.runtime.tools.gpu_check:main", "the first run on an NVIDIA GPU: every backend's precision, parity, latency -> one JSON report"),
     "bench": ("hipcad.runtime.tools.bench:main", "time the whole path per radiograph vs the paper's 1.17 s (and --baseline)"),
     "evaluate": ("hipcad.runtime.evaluation.evaluate:main", "a bundle on a labelled dataset: accuracy, sensitivity, specificity, F1, AUC (95% CI), heatmap check"),
+    "calibrate": ("hipcad.runtime.evaluation.calibrate:main", "fit a bundle's probability calibration on a labelled validation set (temperature scaling)"),
     "reader-study": ("hipcad.runtime.evaluation.reader_study:main", "read-first answers -> reader accuracy before/after the CAD, Wilcoxon and Fisher tests"),
     "worker": ("hipcad.appliance.worker.cli:main", "watch a hot folder: durable queue, one inference thread, result store (systemd notify)"),
     "kiosk": ("hipcad.appliance.kiosk.cli:main", "results screen, JSON API and /metrics over the result store (cheroot, HTTPS; named readers)"),

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 def _human(result) -> str:
     if not result.ok:
         return f"{result.input}: ERROR {result.error}"
-    sides = "  ".join(f"patient {s.side}: {s.words} (p={s.probability:.3f})" for s in result.sides)
+    sides = "  ".join(f"patient {s.side}: {s.words} ({s.score_words})" for s in result.sides)
     if result.eligible is False:
         reasons = result.eligibility.get("reasons", [])
         more = f" (and {len(reasons) - 1} more reason(s); see --json)" if len(reasons) > 1 else ""

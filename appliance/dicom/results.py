@@ -14,7 +14,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from hipcad.runtime.inference.verdict import verdict_words
+from hipcad.runtime.inference.verdict import score_words, verdict_words
 from hipcad.runtime.model.notice import NOT_FOR_CLINICAL_USE, notice_for
 
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
@@ -67,7 +67,7 @@ def _verdict_text(record: dict) -> str:
     if record.get("eligible") is False and not sides:
         return "NOT ASSESSED: " + "; ".join((record.get("eligibility") or {}).get("reasons", []))
     text = "; ".join(f"patient {s['side']} hip: {verdict_words(s['fracture'])} "
-                     f"(probability {s['probability']:.3f})" for s in sides)
+                     f"({score_words(s['probability'], bool(s.get('calibrated')))})" for s in sides)
     if record.get("eligible") is False:
         text = "NOT ELIGIBLE, scored for research only: " + text
     return text
@@ -136,7 +136,8 @@ def build_sr(source, record: dict, uids: dict):
     model = record.get("model") or {}
     note = model_note(model)
     parameters = [f"operating point: {model.get('operating_point', 'default')}",
-                  f"decision threshold: {model.get('threshold')}"]
+                  f"decision threshold: {model.get('threshold')}",
+                  f"calibration: temperature {model.get('temperature')}" if model.get("calibrated") else "uncalibrated score"]
     if note:
         parameters.append(note)
     algorithm = hd.sr.AlgorithmIdentification(name=str(model.get("name") or "hipcad")[:64],
@@ -145,7 +146,9 @@ def build_sr(source, record: dict, uids: dict):
     hip = hd.sr.CodedConcept("24136001", "SCT", "Hip joint structure")
     laterality = {"right": codes.SCT.Right, "left": codes.SCT.Left}
     fracture = hd.sr.CodedConcept("72704001", "SCT", "Fracture")
+    # a calibrated bundle's number is a probability; an uncalibrated one's is only a score
     probability = hd.sr.CodedConcept("FXPROB", "99HIPCAD", "Probability of fracture")
+    score = hd.sr.CodedConcept("FXSCORE", "99HIPCAD", "Fracture score (uncalibrated)")
     finding = hd.sr.CodedConcept("121071", "DCM", "Finding")
     suspected = hd.sr.CodedConcept("FXSUSP", "99HIPCAD", "Fracture suspected")
     cleared = hd.sr.CodedConcept("FXNONE", "99HIPCAD", "No fracture detected")
@@ -162,7 +165,8 @@ def build_sr(source, record: dict, uids: dict):
             algorithm_id=algorithm,
             finding_sites=[site],
             source_images=[source_image],
-            measurements=[hd.sr.Measurement(name=probability, value=float(side["probability"]),
+            measurements=[hd.sr.Measurement(name=probability if side.get("calibrated") else score,
+                                            value=float(side["probability"]),
                                             unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
                                             algorithm_id=algorithm, finding_sites=[site])],
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=finding,

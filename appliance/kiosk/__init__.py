@@ -3,7 +3,7 @@ backend or the inputs.
 
 :func:`create_app` is a Flask app factory as in Flask's tutorial: the configuration is set on the
 app and read back by the blueprints (:mod:`.pages`, :mod:`.readfirst`, :mod:`.api`,
-:mod:`.health`, :mod:`.prometheus`); :mod:`.security` and :mod:`.context` hook into it with
+:mod:`.health`, :mod:`.prometheus`, :mod:`.admin`); :mod:`.security` and :mod:`.context` hook into it with
 ``init_app``. No thread is started here; :mod:`.cli` serves the app with cheroot (HTTPS with
 ``kiosk_tls_cert``).
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 from flask import Flask, jsonify, render_template, request
 
 from hipcad.appliance.config import Config, load_config
-from hipcad.appliance.kiosk import api, context, health, login, pages, prometheus, readfirst, security
+from hipcad.appliance.kiosk import admin, api, context, health, login, pages, prometheus, readfirst, security
 from hipcad.appliance.timefmt import clock, day
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.inference.verdict import verdict_words
+from hipcad.runtime.inference.verdict import score_words, threshold_words, verdict_words
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -39,13 +39,16 @@ def create_app(config: Config | None = None) -> Flask:
     app.config[context.CONFIG_KEY] = config
     security.init_app(app, config)
     context.init_app(app)
-    for blueprint in (login.bp, pages.bp, readfirst.bp, api.bp, health.bp, prometheus.bp):
+    for blueprint in (login.bp, pages.bp, readfirst.bp, api.bp, health.bp, prometheus.bp, admin.bp):
         app.register_blueprint(blueprint)
     for code in (400, 404, 409):
         app.register_error_handler(code, _error_page)
     app.jinja_env.filters["clock"] = clock
     app.jinja_env.filters["day"] = day
     app.jinja_env.filters["verdict_words"] = verdict_words
+    # "probability 45 %" only for a calibrated bundle's number, else "score 0.45"
+    app.jinja_env.filters["score_words"] = lambda value, calibrated: score_words(value, bool(calibrated))
+    app.jinja_env.filters["threshold_words"] = lambda value, calibrated: threshold_words(value, bool(calibrated))
     return app
 
 

@@ -39,6 +39,19 @@ def init_app(app) -> None:
     app.teardown_appcontext(close_store)
 
 
+def bundle():
+    """The configured model bundle (its manifest only), or None when it cannot be read."""
+    if "bundle" not in g:
+        from hipcad.runtime.errors import HipcadError
+        from hipcad.runtime.model.bundle import load_bundle
+
+        try:
+            g.bundle = load_bundle(config().model or None)
+        except HipcadError:
+            g.bundle = None
+    return g.bundle
+
+
 def health() -> dict:
     return status.health(store(), config(), current_app.config.get("HIPCAD_MODEL"))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hipcad.runtime.errors import HipcadError
 
-SCHEMA_VERSION = 2  # 2: outbox and deliveries (results to PACS)
+SCHEMA_VERSION = 3  # 2: outbox and deliveries (results to PACS); 3: drift counts
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: names result files
@@ -68,6 +68,22 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sent_at     REAL,
     PRIMARY KEY (outbox_id, destination));
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, destination, next_attempt_at);
+-- drift monitoring (appliance/drift.py): what the worker saw, counted per local day and model; no
+-- patient data, kept for a year whatever retention_days says
+CREATE TABLE IF NOT EXISTS drift_counts (
+    day   TEXT NOT NULL,                             -- local calendar day, YYYY-MM-DD
+    model TEXT NOT NULL,                             -- bundle name @ first 12 hex of its ONNX sha256
+    name  TEXT NOT NULL,                             -- what was counted, e.g. 'studies', 'bin:left:23'
+    count INTEGER NOT NULL,
+    PRIMARY KEY (day, model, name));
+-- and the latest results one by one (a ring of the newest rows): 'right'/'left' with a score bin, 'study'
+-- with its outcome code, so a change today is seen today
+CREATE TABLE IF NOT EXISTS drift_recent (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    kind  TEXT NOT NULL,
+    value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS drift_recent_kind ON drift_recent (kind, model, id);
 """
 FINISHED = ("done", "failed")
 
@@ -262,6 +278,34 @@ class Store:
     def events(self, kind: str, limit: int = 20) -> list[dict]:
         rows = self.db.execute("SELECT at, message FROM events WHERE kind = ? ORDER BY id DESC LIMIT ?", (kind, limit))
         return [{"at": r[0], "message": r[1]} for r in rows]
+
+    # -- drift counts (worker adds, kiosk reads) ----------------------------------------------------
+    def drift_add(self, day: str, model: str, counts: dict[str, int], recent: list[tuple[str, int]],
+                  keep_since: str, keep_recent: int) -> None:
+        """Add ``counts`` to the day's totals and ``recent`` (kind, value) rows to the ring; rows
+        before the day ``keep_since`` and all but the newest ``keep_recent`` ring rows are dropped."""
+        with self.tx():
+            self.db.executemany(
+                "INSERT INTO drift_counts (day, model, name, count) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, model, name) DO UPDATE SET count = count + excluded.count",
+                [(day, model, name, int(n)) for name, n in counts.items()])
+            cur = None
+            for kind, value in recent:
+                cur = self.db.execute("INSERT INTO drift_recent (model, kind, value) VALUES (?, ?, ?)", (model, kind, value))
+            self.db.execute("DELETE FROM drift_counts WHERE day < ?", (keep_since,))
+            if cur is not None:
+                self.db.execute("DELETE FROM drift_recent WHERE id <= ?", (cur.lastrowid - keep_recent,))
+
+    def drift_counts(self, since: str) -> list[sqlite3.Row]:
+        """``(day, model, name, count)`` rows from the day ``since`` on."""
+        return self.db.execute("SELECT day, model, name, count FROM drift_counts WHERE day >= ? ORDER BY day",
+                               (since,)).fetchall()
+
+    def drift_recent(self, kind: str, limit: int, model: str | None = None) -> list[int]:
+        """The values of the newest ``limit`` ring rows of ``kind`` (of ``model``, if given), newest first."""
+        return [r[0] for r in self.db.execute(
+            "SELECT value FROM drift_recent WHERE kind = ? AND (? IS NULL OR model = ?) ORDER BY id DESC LIMIT ?",
+            (kind, model, model, limit))]
 
     # -- results (kiosk) ----------------------------------------------------------------------------
     def get(self, item_id: int) -> sqlite3.Row | None:

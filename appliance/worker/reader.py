@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from hipcad.appliance import drift
 from hipcad.appliance.config import Config
 from hipcad.appliance.dicom import results as dicom_results
 from hipcad.appliance.storage.files import DataDir, remove_quietly
@@ -125,6 +126,7 @@ class Reader:
         move_durable(data.spool(sha), data.processed / sha)
         store.finish(item_id, "done", result=record, patient=result.patient, total_ms=result.timings_ms.get("total"),
                      truth=self.truth.get(Path(item["name"]).name), outbox=outbox)
+        drift.record(store, record, self.bundle)
         if outbox:
             self.forwarder.wake.set()
         verdicts = ", ".join(f"{s.side}: {s.words} ({s.probability:.2f})" for s in result.sides)
@@ -144,5 +146,6 @@ class Reader:
         if spool.exists():
             move_durable(spool, data.quarantine / sha)
         store.finish(item_id, "failed", error=reason, result=record)
+        drift.record(store, record, self.bundle)
         store.count("quarantined")
         log.warning("item %d quarantined: %s", item_id, reason)

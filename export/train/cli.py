@@ -8,7 +8,9 @@ halves. Halves are resized to the model's input size as 8-bit grayscale, exactly
 does, and normalised by the same module that the exported graph contains.
 
 Train / validation / test are split by patient. The epoch with the best validation AUC is kept
-and exported as a bundle whose manifest carries the validation and test figures.
+and exported as a bundle whose manifest carries the validation and test figures, the
+calibration fitted on the validation split (the figures are on its scale) and the validation
+halves' log-odds as the reference distribution for drift monitoring.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", metavar="CKPT", help="start from a timm state_dict (e.g. ImageNet weights) instead of random")
     parser.add_argument("--save-checkpoint", metavar="PATH", help="also save the best state_dict here")
+    parser.add_argument("--calibration", choices=("temperature", "platt", "none"), default="temperature",
+                        help="fit the probability calibration on the validation split: temperature scaling (default), "
+                             "Platt scaling (temperature and bias), or none (the bundle then shows scores)")
     parser.add_argument("--synthetic-demo", action="store_true", help="label the bundle a synthetic demo (automatic for `hipcad synth` folders)")
     parser.add_argument("--no-torch", action="store_true", help="leave model.pt2 out of the bundle (smaller)")
     parser.add_argument("--intended-use", metavar="JSON_FILE",

@@ -3,6 +3,7 @@ the bundle exported with its history and figures."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -21,13 +22,26 @@ from hipcad.export.layout_template import LayoutTemplateError, read_overrides
 from hipcad.export.layout_template import build as build_layout
 from hipcad.export.train.augment import augment, box_masks
 from hipcad.export.train.halves import MARGIN_PX, cached_halves
-from hipcad.export.train.model import Classifier, _cell_targets, _feature_hw, _negatives_per_positive, predict_probs
+from hipcad.export.train.model import (
+    Classifier,
+    _cell_targets,
+    _feature_hw,
+    _negatives_per_positive,
+    predict_logits,
+    predict_probs,
+)
+from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.evaluation.calibration import calibrated_manifest, convert_threshold, fit_calibration, summary
 from hipcad.runtime.evaluation.dataset import Dataset, load_dataset, split_by_patient
 from hipcad.runtime.evaluation.stats import binary_metrics
 from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.inference.pipeline import min_decode_side
+from hipcad.runtime.inference.verdict import log_odds_probability
+from hipcad.runtime.model.bundle import MANIFEST
 from hipcad.runtime.model.notice import SYNTHETIC_DEMO
+from hipcad.runtime.model.reference import make_reference
+from hipcad.runtime.tools.signing import sign_if_configured
 
 
 def train(args) -> int:
@@ -142,10 +156,20 @@ def train(args) -> int:
     network.load_state_dict(best["state"])
     network.eval()
     classifier.eval()
-    val_probs = predict_probs(classifier, va.images)
-    figures = {"validation": binary_metrics(va.labels, val_probs, seed=args.seed)}
+    val_logits = predict_logits(classifier, va.images)
+    # the calibration is fitted on the validation split; the figures are on the scale shown
+    fit = None
+    if args.calibration != "none":
+        try:
+            fit = fit_calibration(val_logits, va.labels, args.calibration)
+        except ValueError as err:  # a tiny or perfectly separated validation split: keep the scores
+            print(f"no calibration: {err}; the bundle shows uncalibrated scores", file=sys.stderr)
+    scale = (fit["temperature"], fit["bias"]) if fit else (1.0, 0.0)
+    threshold = convert_threshold(0.5, (1.0, 0.0), scale)
+    figures = {"validation": binary_metrics(va.labels, log_odds_probability(val_logits, *scale), threshold, seed=args.seed)}
     if len(te.labels) and len(set(te.labels.tolist())) == 2:
-        figures["test"] = binary_metrics(te.labels, predict_probs(classifier, te.images), seed=args.seed)
+        te_probs = log_odds_probability(predict_logits(classifier, te.images), *scale)
+        figures["test"] = binary_metrics(te.labels, te_probs, threshold, seed=args.seed)
     if args.save_checkpoint:  # in a shape `hipcad export` reads back
         state = model.state_dict() if head is None else {
             **{f"0.{k}": v for k, v in model.state_dict().items() if not k.startswith("classifier.")},
@@ -170,13 +194,24 @@ def train(args) -> int:
                   "command": "hipcad train " + " ".join(args.argv)}
     fused = fuse_timm(model) if head is None else FusedCAMModel(TimmFeatures(model), FastaiHeadCAM(head)).eval()
     layout = training_layout(train_recs, (size, size))
-    export_bundle(fused, args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
-                  trained=True, synthetic_demo=synthetic, threshold=0.5, with_torch=not args.no_torch,
-                  extra={"training": training}, head="pool-linear" if head is None else "fastai-concat-pool",
-                  intended_use=read_overrides(args.intended_use), layout=layout)
+    reference = make_reference(val_logits, va.labels, f"validation split of hipcad train on {training['dataset']}")
+    manifest = export_bundle(fused, args.out, architecture=args.arch, input_hw=(size, size), provenance=provenance,
+                             trained=True, synthetic_demo=synthetic, threshold=0.5, with_torch=not args.no_torch,
+                             extra={"training": training, "reference": reference},
+                             head="pool-linear" if head is None else "fastai-concat-pool",
+                             intended_use=read_overrides(args.intended_use), layout=layout)
+    if fit:
+        before, after = summary(va.labels, val_logits, fit)
+        fitted_on = {"dataset": training["dataset"], "split": "validation", "radiographs": len(val_recs),
+                     "halves": int(len(va.labels)), "fractured_halves": int(va.labels.sum()), "by": "hipcad train"}
+        manifest = calibrated_manifest(manifest, fit, fitted_on, before, after)
+        atomic_write(Path(args.out) / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+        sign_if_configured(Path(args.out))  # the manifest changed: sign it again
     v = figures["validation"]
     print(f"wrote {args.out}: best epoch {best['epoch']}, validation accuracy {v['accuracy']['value']:.3f}, "
-          f"AUC {v['auc']['value']:.4f}" + (f" ({SYNTHETIC_DEMO.banner})" if synthetic else ""))
+          f"AUC {v['auc']['value']:.4f}"
+          + (f"; {fit['method']} calibration T={fit['temperature']:.3g}, ECE {before['ece']:.3f} -> {after['ece']:.3f}"
+             if fit else "; uncalibrated") + (f" ({SYNTHETIC_DEMO.banner})" if synthetic else ""))
     return 0
 
 

@@ -49,11 +49,18 @@ def _cell_targets(masks: torch.Tensor, hw) -> torch.Tensor:
     return (F.adaptive_avg_pool2d(masks, tuple(hw)) >= 0.15).float()
 
 
-def predict_probs(classifier: Classifier, images: np.ndarray, batch: int = 64) -> np.ndarray:
+def predict_logits(classifier: Classifier, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The fracture log-odds ``l1 - l0`` per half (what the runtime's calibration and reference use)."""
     classifier.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x = torch.from_numpy(images[i : i + batch]).float().contiguous(memory_format=torch.channels_last)
-            out.append(torch.softmax(classifier(x), dim=1)[:, 1].numpy())
+            logits = classifier(x).double()
+            out.append((logits[:, 1] - logits[:, 0]).numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def predict_probs(classifier: Classifier, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The softmax probability of fracture per half."""
+    return 1.0 / (1.0 + np.exp(-predict_logits(classifier, images, batch)))

@@ -33,8 +33,13 @@ image without a fracture::
   For a file stored mirrored (PatientOrientation ``R\\F``: image left = patient left), the box
   is where the fracture is in the stored pixels, so a patient-right fracture is on the image
   right there.
-* Extra columns are ignored; a UTF-8 byte-order mark (Excel) is accepted; blank lines are
-  skipped.
+* Any further column is an **attribute** (``fracture_type``, ``displaced``, ``sex``,
+  ``age_band``, ``vendor``, ``view``...): ``hipcad evaluate`` reports every figure per value of
+  it (:mod:`.subgroups`). A column that is empty on every ``none`` row describes the *fracture*
+  (its value on a fracture row is that side's); any other describes the *image* (all rows of a
+  file must then agree, and the file's intact sides take it too). Empty means not known. Files
+  without extra columns load as before; a UTF-8 byte-order mark (Excel) is accepted; blank lines
+  are skipped.
 
 ``regions.csv`` (optional) -- anatomical boxes, same coordinates::
 
@@ -55,7 +60,6 @@ duplicate row, or a ``none`` row next to a fracture row raise :class:`DatasetErr
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import random
@@ -63,7 +67,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
-from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.evaluation.box import Box
 from hipcad.runtime.inference.sides import SIDES, image_left_side
@@ -81,7 +84,6 @@ __all__ = [
     "ImageRecord",
     "Dataset",
     "load_dataset",
-    "write_labels",
     "iter_halves",
     "split_by_patient",
     "image_half",
@@ -117,6 +119,7 @@ class ImageRecord:
     sides: dict[str, SideLabel]  # "right" and "left", always both
     regions: dict[str, dict[str, Box]] = field(default_factory=dict)  # side -> region -> box
     line: int | None = None  # first line of the image in labels.csv
+    attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # side -> extra column -> value
 
     @property
     def fractured(self) -> bool:
@@ -132,12 +135,18 @@ class ImageRecord:
     def region(self, side: str, name: str = NECK_TROCHANTER) -> Box | None:
         return self.regions.get(side, {}).get(name)
 
+    def attribute(self, side: str, column: str) -> str | None:
+        """The value of an extra labels.csv column for one side (None when not given)."""
+        return self.attributes.get(side, {}).get(column) or None
+
 
 @dataclass
 class Dataset:
     root: Path
     images: list[ImageRecord]
     has_regions: bool = False
+    #: extra labels.csv column -> "image" (describes the radiograph) or "fracture" (a fractured side)
+    attribute_levels: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -208,7 +217,9 @@ def _parse_box(row: dict, where: str, required: bool) -> Box | None:
     return Box(x0, y0, x1, y1)
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+def _read_csv(path: Path, required: tuple[str, ...], extras: list | None = None) -> Iterator[tuple[int, dict]]:
+    """Rows with their line numbers; the names of the columns beyond ``required`` are appended to
+    ``extras`` when it is given (else such columns are ignored)."""
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as err:
@@ -224,6 +235,12 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict
                 f"{path}, line 1: the header lacks {', '.join(missing)}; expected {','.join(required)}"
             )
         reader.fieldnames = header
+        if extras is not None:
+            more = [h for h in header if h not in required]
+            named = [h for h in more if h]
+            if len(set(named)) != len(named):
+                raise DatasetError(f"{path}, line 1: a column name appears twice ({', '.join(sorted(named))})")
+            extras.extend(named)
         try:
             for row in reader:
                 if not any((v or "").strip() for k, v in row.items() if k is not None):
@@ -256,8 +273,12 @@ def load_dataset(
 
     records: dict[str, ImageRecord] = {}
     first_line: dict[tuple[str, str], int] = {}
-    for line, row in _read_csv(labels_path, LABEL_FIELDS):
+    extras: list[str] = []
+    for line, row in _read_csv(labels_path, LABEL_FIELDS, extras):
         where = f"{labels_path}, line {line}"
+        if (row.get("") or "").strip():
+            raise DatasetError(f"{where}: a value under a column without a name")
+        values = {c: (row.get(c) or "").strip() for c in extras}
         file = _norm_file(row.get("file") or "", where)
         patient = (row.get("patient_id") or "").strip()
         if not patient:
@@ -288,7 +309,10 @@ def load_dataset(
             other = [first_line[(file, s)] for s in SIDES if (file, s) in first_line]
             if other:
                 raise DatasetError(f"{where}: {file} is marked 'none' but has a fracture row at line {other[0]}")
+            for s_ in SIDES:
+                rec.attributes[s_] = {c: v for c, v in values.items() if v}
         else:
+            rec.attributes[side] = {c: v for c, v in values.items() if v}
             if (file, NONE_SIDE) in first_line:
                 raise DatasetError(
                     f"{where}: {file} has a fracture row but is marked 'none' at line {first_line[(file, NONE_SIDE)]}"
@@ -319,57 +343,29 @@ def load_dataset(
                     raise DatasetError(f"{where}: duplicate region {region} for {file} side {side} (first at line {seen[key]})")
                 seen[key] = line
                 rec.regions.setdefault(side, {})[region] = box
-    return Dataset(root=root, images=list(records.values()), has_regions=has_regions)
+    levels = attribute_levels(records.values(), extras, labels_path)
+    return Dataset(root=root, images=list(records.values()), has_regions=has_regions, attribute_levels=levels)
 
 
-def _fmt(x: float) -> str:
-    x = float(x)
-    if x.is_integer():
-        return str(int(x))
-    return f"{x:.2f}".rstrip("0").rstrip(".")
-
-
-def _box_cells(box: Box | None) -> list[str]:
-    return ["", "", "", ""] if box is None else [_fmt(v) for v in box]
-
-
-def _atomic_write_csv(path: Path, header: tuple[str, ...], rows: Iterable[list[str]]) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write(path, text.getvalue().encode("utf-8"), durable=False)
-
-
-def write_labels(root: str | os.PathLike, records: Iterable[ImageRecord], *, regions: bool = True) -> Path:
-    """Write ``labels.csv`` (and ``regions.csv`` when any record has regions) into ``root``.
-
-    The files are replaced atomically. Returns the path of labels.csv.
-    """
-    root = Path(root)
+def attribute_levels(records: Iterable[ImageRecord], columns: list[str], labels_path: Path) -> dict[str, str]:
+    """Each extra column's level (see the module docstring); an image-level value is copied to
+    the intact sides of a fractured image, and must be the same on all rows of a file."""
     records = list(records)
-    label_rows: list[list[str]] = []
-    region_rows: list[list[str]] = []
-    seen: set[str] = set()
+    on_none = {c for r in records if not r.fractured for c in r.attributes.get(SIDES[0], {})}
+    levels = {c: "image" if c in on_none else "fracture" for c in columns}
     for rec in records:
-        file = _norm_file(rec.file, "write_labels")
-        if file in seen:
-            raise DatasetError(f"write_labels: {file} is listed twice")
-        seen.add(file)
-        fractured = [s for s in SIDES if rec.sides.get(s, SideLabel(False)).fracture]
-        if not fractured:
-            label_rows.append([file, rec.patient_id, NONE_SIDE, "", "", "", ""])
-        for side in fractured:
-            label_rows.append([file, rec.patient_id, side] + _box_cells(rec.sides[side].box))
-        for side in SIDES:
-            for name, box in sorted(rec.regions.get(side, {}).items()):
-                region_rows.append([file, side, name] + _box_cells(box))
-    root.mkdir(parents=True, exist_ok=True)
-    labels_path = root / LABELS_FILE
-    _atomic_write_csv(labels_path, LABEL_FIELDS, label_rows)
-    if regions and region_rows:
-        _atomic_write_csv(root / REGIONS_FILE, REGION_FIELDS, region_rows)
-    return labels_path
+        if not rec.fractured:
+            continue
+        for column in (c for c, level in levels.items() if level == "image"):
+            given = {rec.attributes.get(s, {}).get(column) for s in rec.fractured_sides} - {None}
+            if len(given) > 1:
+                raise DatasetError(
+                    f"{labels_path}, line {rec.line}: column {column!r} describes the image (it has values on 'none' "
+                    f"rows) but {rec.file} has different values on its rows: {', '.join(sorted(given))}")
+            for side in SIDES:
+                if given:
+                    rec.attributes.setdefault(side, {})[column] = next(iter(given))
+    return levels
 
 
 def iter_halves(records: Iterable[ImageRecord] | Dataset) -> Iterator[tuple[ImageRecord, str, SideLabel]]:

@@ -24,13 +24,14 @@ def _font(size: int):
 
 def render_roc_png(fpr: Sequence[float], tpr: Sequence[float], auc: float | None, path, *,
                    title: str = "ROC curve", auc_ci: Sequence[float] | None = None,
-                   points: Sequence[tuple[float, float, str]] = (), size: int = 640) -> Path:
-    """Draw the ROC curve into a ``size`` x ``size`` PNG at ``path`` (Pillow only).
+                   points: Sequence[tuple[float, float, str]] = (), size: int = 640) -> Path | bytes:
+    """Draw the ROC curve into a ``size`` x ``size`` PNG at ``path`` (Pillow only; its bytes are
+    returned when ``path`` is None).
 
     Axes 0..1 with ticks every 0.2 and a light grid, the chance diagonal (dashed), the curve,
     and a legend with the AUC (and ``auc_ci`` = ``(lo, hi)`` when given). ``points`` marks
     operating points as ``(fpr, tpr, label)``. Drawn at 3x and downsampled (anti-aliased).
-    Returns the path.
+    Returns the path (or the PNG's bytes).
     """
     from PIL import Image, ImageDraw
 
@@ -114,7 +115,17 @@ def render_roc_png(fpr: Sequence[float], tpr: Sequence[float], auc: float | None
         d.text((x0 + 44 * k, cy), t, fill="black", font=f_legend, anchor="lm")
 
     img = img.resize((size, size), Image.LANCZOS)
+    if path is None:
+        return png_bytes(img)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG", optimize=True)
     return path
+
+
+def png_bytes(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

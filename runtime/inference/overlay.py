@@ -93,7 +93,7 @@ def render(
         x0, x1 = round(half.x0 * w / decoded_cols), round(half.x1 * w / decoded_cols)
         _marker(draw, "R" if half.side == "right" else "L", x0, x1, w, h)
         verdict = by_side[half.side]
-        columns.append((f"PATIENT {half.side.upper()} HIP: {verdict.words}  (p={verdict.probability:.2f})",
+        columns.append((f"PATIENT {half.side.upper()} HIP: {verdict.words}  ({verdict.score_words})",
                         RED if verdict.fracture else GREEN))
     return _with_caption(image, columns, banner)
 

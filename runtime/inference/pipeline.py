@@ -47,6 +47,7 @@ class Pipeline:
         self.score_ineligible = score_ineligible
         self.intended_use = bundle.intended_use
         self.threshold = bundle.threshold
+        self.calibration = bundle.calibration
         notice = bundle.notice
         self.banner = notice.banner if notice else None
         self.model_info = {
@@ -57,6 +58,9 @@ class Pipeline:
             "verified": bundle.verified,
             "operating_point": bundle.operating_point,
             "threshold": self.threshold,
+            "calibrated": self.calibration.calibrated,
+            "temperature": self.calibration.temperature,
+            "bias": self.calibration.bias,
             "backend": backend.name,
             "device": backend.device,
             "precision": backend.precision,
@@ -149,7 +153,8 @@ class Pipeline:
             return
         result.timings_ms["inference"], t = _ms(t), time.perf_counter()
         try:
-            result.sides = side_verdicts(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale)
+            result.sides = side_verdicts(prepared, logits, cam, self.threshold, radiograph.pixels.shape, radiograph.scale,
+                                         self.calibration)
             result.metadata["image_left_is_patient"] = prepared.image_left_is
             result.timings_ms["postprocess"], t = _ms(t), time.perf_counter()
             if overlay_path is not None:

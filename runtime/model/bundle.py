@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from hipcad.runtime.errors import BundleError
+from hipcad.runtime.inference.verdict import UNCALIBRATED, Calibration
 from hipcad.runtime.model import intended_use, signature
 from hipcad.runtime.model.notice import SafetyNotice, safety_notice
 
@@ -135,6 +136,23 @@ class Bundle:
             raise BundleError(f"bundle {self.path}: operating point {self.operating_point!r} is not defined")
         return float(point["threshold"])
 
+    @cached_property
+    def calibration(self) -> Calibration:
+        """How the logits become the number shown (manifest ``calibration``: temperature and bias,
+        written by ``hipcad train`` or ``hipcad calibrate``); none fitted: the plain softmax, a score."""
+        entry = self.manifest.get("calibration")
+        if not entry:
+            return UNCALIBRATED
+        try:
+            return Calibration(float(entry["temperature"]), float(entry.get("bias", 0.0)), calibrated=True)
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"bundle {self.path}: the calibration in {MANIFEST} is malformed ({err})") from err
+
+    @property
+    def key(self) -> str:
+        """Names these weights wherever results of several models could mix (the drift records)."""
+        return f"{self.name}@{self.onnx_sha256[:12]}"
+
     # -- integrity ----------------------------------------------------------------------
     @cached_property
     def verified_onnx_bytes(self) -> bytes:
@@ -189,6 +207,9 @@ class Bundle:
             "trained": self.trained,
             "operating_point": self.operating_point,
             "threshold": self.threshold,
+            "calibrated": self.calibration.calibrated,
+            "temperature": self.calibration.temperature,
+            "bias": self.calibration.bias,
             "label": self.label,
             "verified": self.verified,
             "signature": self.signature.public() if self.signature is not None else None,

@@ -44,11 +44,12 @@ def reference_inputs(count: int, input_hw: tuple[int, int], seed: int) -> np.nda
     return out
 
 
-def compare_outputs(a: tuple, b: tuple, threshold: float, precision: str) -> dict:
+def compare_outputs(a: tuple, b: tuple, threshold: float, precision: str, calibration=None) -> dict:
     """Differences between two backends' (logits, cam) on the same inputs, and whether they are
     within ``precision``'s tolerance: max and mean |logits diff|, max and mean heatmap diff
-    relative to each reference map's maximum, and the share of equal verdicts at ``threshold``."""
-    from hipcad.runtime.inference.verdict import fracture_probability
+    relative to each reference map's maximum, and the share of equal verdicts at ``threshold``
+    (on the scale of the bundle's ``calibration``, as the verdicts are made)."""
+    from hipcad.runtime.inference.verdict import UNCALIBRATED
 
     (la, ca), (lb, cb) = a, b
     tol = TOLERANCES[precision]
@@ -58,8 +59,9 @@ def compare_outputs(a: tuple, b: tuple, threshold: float, precision: str) -> dic
     scale = np.maximum(np.abs(ca).reshape(len(ca), -1).max(axis=1), 1e-12)[:, None, None]
     rel_cam = np.abs(ca - cb) / scale
     d_logits = np.abs(la - lb)
-    verdict_a = fracture_probability(la) >= threshold
-    verdict_b = fracture_probability(lb) >= threshold
+    calibration = calibration or UNCALIBRATED
+    verdict_a = calibration.probability(la) >= threshold
+    verdict_b = calibration.probability(lb) >= threshold
     result = {
         "precision": precision,
         "tolerance": tol,
@@ -83,7 +85,8 @@ def run_selftest(backend) -> dict:
                             "checked against it, so it is not used; re-export the bundle")
     with np.load(io.BytesIO(data)) as ref:
         images, ref_logits, ref_cam = ref["image"], ref["logits"], ref["cam"]
-    result = compare_outputs((ref_logits, ref_cam), backend.infer(images), backend.bundle.threshold, backend.precision)
+    result = compare_outputs((ref_logits, ref_cam), backend.infer(images), backend.bundle.threshold, backend.precision,
+                             backend.bundle.calibration)
     if "error" in result:
         raise SelfTestError(f"backend {backend.name!r} self-test failed: {result['error']}; refusing to use it")
     if not result["agree"]:

@@ -223,7 +223,8 @@ def _sample_anatomy(rng: np.random.Generator, w_mm: float, h_mm: float) -> dict:
     )
 
 
-def _sample_fracture(rng: np.random.Generator, rate: float, fracture: str, side: str) -> FractureSpec | None:
+def _sample_fracture(rng: np.random.Generator, rate: float, fracture: str, side: str,
+                     subtlety_range: dict[str, tuple[float, float]] | None = None) -> FractureSpec | None:
     # Always draw the same amount of randomness so that forcing the fracture changes nothing else.
     u_frac, u_side, u_kind, subtlety = rng.random(4)
     if fracture == "random":
@@ -240,7 +241,8 @@ def _sample_fracture(rng: np.random.Generator, rate: float, fracture: str, side:
         side = "right" if u_side < 0.5 else "left"
     elif side not in ("right", "left"):
         raise ValueError(f"side must be 'random', 'right' or 'left', not {side!r}")
-    subtlety = float(subtlety)
+    lo, hi = (subtlety_range or {}).get(kind, (0.0, 1.0))
+    subtlety = lo + (hi - lo) * float(subtlety)  # a narrower range plants an easier or harder kind
     p: dict = {}
     obvious = 1.0 - subtlety
     if kind == "neck":
@@ -330,8 +332,11 @@ def sample_case(
     side: str = "random",
     formats: str | list | dict | None = None,
     mirror_rate: float = 0.1,
+    subtlety: dict[str, tuple[float, float]] | None = None,
 ) -> CaseSpec:
-    """Draw every random parameter of phantom ``index`` of the run ``seed``."""
+    """Draw every random parameter of phantom ``index`` of the run ``seed``. ``subtlety`` maps a
+    fracture kind to the range its subtlety is drawn from (default 0-1: obvious to barely
+    visible), e.g. ``{"trochanteric": (0.7, 1.0)}`` for a harder kind."""
     rngs = _rngs(seed, index)
     width, height = _sample_size(rngs["anatomy"], size)
     # field of view: 380-460 mm across, enough height for the hips and the lesser trochanters
@@ -339,7 +344,7 @@ def sample_case(
     w_mm = max(w_mm, 250.0 * width / height)
     spacing = w_mm / width
     anatomy = _sample_anatomy(rngs["anatomy"], w_mm, height * spacing)
-    fx = _sample_fracture(rngs["fracture"], float(fracture_rate), fracture, side)
+    fx = _sample_fracture(rngs["fracture"], float(fracture_rate), fracture, side, subtlety)
     vendor = _sample_vendor(rngs["vendor"], parse_formats(formats), float(mirror_rate))
     return CaseSpec(seed=int(seed), index=int(index), width=width, height=height, spacing=spacing,
                     anatomy=anatomy, vendor=vendor, fracture=fx)

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from hipcad.runtime.evaluation.dataset import ImageRecord, write_labels
+from hipcad.runtime.evaluation.dataset import ImageRecord
+from hipcad.runtime.evaluation.labels_write import write_labels
 from hipcad.runtime.synth.formats import FORMATS, FRACTURE_KINDS, SYNTHETIC_NOTE, parse_formats
 from hipcad.runtime.synth.render import make_phantom
 from hipcad.runtime.synth.writer import save_preview, write_phantom
@@ -51,14 +52,16 @@ def generate(
     formats: str | list | dict | None = None,
     fracture_rate: float = 0.5,
     mirror_rate: float = 0.1,
+    subtlety: dict[str, tuple[float, float]] | None = None,
     start: int = 0,
     jobs: int = 1,
     progress: bool | None = None,
 ) -> list[ImageRecord]:
     """Write ``count`` phantoms (indices ``start`` ...) plus labels.csv, regions.csv and synth.json.
 
-    Image ``i`` depends only on (seed, i, size, formats, fracture_rate, mirror_rate), not on
-    ``count`` or ``jobs``.
+    Image ``i`` depends only on (seed, i, size, formats, fracture_rate, mirror_rate, subtlety), not
+    on ``count`` or ``jobs``. labels.csv carries the attributes ``vendor``, ``fracture_type`` and
+    ``displaced`` (:func:`hipcad.runtime.synth.writer.attributes`).
     """
     import json
 
@@ -71,7 +74,7 @@ def generate(
     weights = parse_formats(formats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(size=size, fracture_rate=fracture_rate, formats=weights, mirror_rate=mirror_rate)
+    kwargs = dict(size=size, fracture_rate=fracture_rate, formats=weights, mirror_rate=mirror_rate, subtlety=subtlety)
     jobs_list = [(out_dir, seed, start + i, kwargs) for i in range(count)]
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm import tqdm
@@ -104,6 +107,7 @@ def generate(
         "formats": weights,
         "fracture_rate": fracture_rate,
         "mirror_rate": mirror_rate,
+        "subtlety": {k: list(v) for k, v in subtlety.items()} if subtlety else None,
         "images": [info for _, info in results],
     }
     (out_dir / "synth.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -131,6 +135,20 @@ def _rate(text: str) -> float:
     return value
 
 
+def _subtlety(text: str) -> tuple[str, tuple[float, float]]:
+    kind, _, span = text.partition("=")
+    lo, _, hi = span.partition("-")
+    try:
+        value = (kind.strip(), (float(lo), float(hi)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--subtlety takes KIND=LO-HI, e.g. trochanteric=0.7-1, not {text!r}") from None
+    if value[0] not in FRACTURE_KINDS:
+        raise argparse.ArgumentTypeError(f"unknown fracture kind {value[0]!r}; known: {', '.join(FRACTURE_KINDS)}")
+    if not 0.0 <= value[1][0] <= value[1][1] <= 1.0:
+        raise argparse.ArgumentTypeError(f"the subtlety range of {text!r} must lie within 0-1, low first")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hipcad synth",
@@ -150,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of images with one hip fracture (default 0.5)")
     p.add_argument("--mirror-rate", type=_rate, default=0.1, metavar="P",
                    help="share of DICOM files stored mirrored, PatientOrientation R\\F (default 0.1)")
+    p.add_argument("--subtlety", type=_subtlety, action="append", default=[], metavar="KIND=LO-HI",
+                   help="draw the subtlety of one fracture kind from this range (0 obvious ... 1 barely visible; "
+                   "default 0-1), e.g. trochanteric=0.7-1 plants a harder kind; repeatable")
     p.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes (default 1)")
     p.add_argument("--preview", metavar="PNG", help="also write a downscaled preview of the first fractured phantom")
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a labels.csv")
@@ -178,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         records = generate(out, args.count, args.seed, size=args.size, formats=formats,
-                           fracture_rate=args.fracture_rate, mirror_rate=args.mirror_rate, start=args.start,
+                           fracture_rate=args.fracture_rate, mirror_rate=args.mirror_rate,
+                           subtlety=dict(args.subtlety) or None, start=args.start,
                            jobs=args.jobs, progress=None if not args.quiet else False)
     except OSError as err:
         print(f"hipcad synth: cannot write to {out}: {err}", file=sys.stderr)
@@ -189,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             if rec.fractured:
                 idx = int(Path(rec.file).stem.split("_")[-1])
                 save_preview(make_phantom(args.seed, idx, size=args.size, fracture_rate=args.fracture_rate,
-                                          formats=formats, mirror_rate=args.mirror_rate), args.preview)
+                                          formats=formats, mirror_rate=args.mirror_rate,
+                                          subtlety=dict(args.subtlety) or None), args.preview)
                 break
     if not args.quiet:
         import json

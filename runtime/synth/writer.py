@@ -178,7 +178,18 @@ def write_phantom(ph: Phantom, out_dir: str | os.PathLike, name: str | None = No
             atomic_write(path, lambda fh: img.save(fh, format="PNG", compress_level=1), durable=False)
     sides = {s: SideLabel(s in boxes, boxes.get(s)) for s in ("right", "left")}
     return ImageRecord(file=Path(name).as_posix(), path=path, patient_id=patient_id(ph.spec.index), sides=sides,
-                       regions=regions)
+                       regions=regions, attributes=attributes(ph))
+
+
+def attributes(ph: Phantom) -> dict[str, dict[str, str]]:
+    """What the generator knows about a phantom, as labels.csv attribute columns per patient side:
+    ``vendor`` (the simulated device look: its ManufacturerModelName) for the image, and
+    ``fracture_type`` (neck, trochanteric) and ``displaced`` (yes, no) for the fractured side."""
+    out = {side: {"vendor": _MODELS[ph.vendor["kind"]]} for side in ("right", "left")}
+    fx = ph.fracture
+    if fx is not None:
+        out[fx.side].update(fracture_type=fx.kind, displaced="yes" if fx.params["displaced"] else "no")
+    return out
 
 
 def save_preview(ph: Phantom, path: str | os.PathLike, width: int = 1000, boxes: bool = True) -> Path:

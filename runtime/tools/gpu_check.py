@@ -158,7 +158,7 @@ def run_variant(name: str, options: dict, bundle, inputs: dict, args, deadline: 
         result["selftest"] = _checked(lambda: run_selftest(backend))
         if inputs["reference"] is not None:
             result["parity"] = compare_outputs(inputs["reference"], backend.infer(inputs["parity"]), bundle.threshold,
-                                               backend.precision)
+                                               backend.precision, bundle.calibration)
         sync = _torch_sync() if name == "torch" else (lambda: None)
         result["latency_ms"] = {str(n): timed(lambda n=n: backend.infer(inputs["batch"][:n]), args.iterations, sync)
                                 for n in BATCHES}

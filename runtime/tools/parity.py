@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in itertools.combinations(names, 2):
         # the looser of the two precisions' tolerances
         precision = max((info[a]["precision"], info[b]["precision"]), key=lambda p: TOLERANCES[p]["logits"])
-        pairs[f"{a} vs {b}"] = compare_outputs(outputs[a], outputs[b], bundle.threshold, precision)
+        pairs[f"{a} vs {b}"] = compare_outputs(outputs[a], outputs[b], bundle.threshold, precision, bundle.calibration)
     agree = all(p["agree"] for p in pairs.values())
     report = {"bundle": bundle.name, "inputs": int(len(images)), "backends": info, "pairs": pairs, "agree": agree}
     if args.json:

@@ -30,6 +30,9 @@ def small_dataset(tmp_path_factory):
     return out
 
 
+trained_log: dict = {}
+
+
 @pytest.fixture(scope="module")
 def trained_bundle(small_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "bundle"
@@ -37,6 +40,7 @@ def trained_bundle(small_dataset, tmp_path_factory):
                    "--epochs", "2", "--batch-size", "8", "--val", "0.25", "--test", "0.25", "--no-torch")
     assert proc.returncode == 0, proc.stderr
     assert "epoch 2:" in proc.stderr and "validation" in proc.stderr
+    trained_log.update(stdout=proc.stdout, stderr=proc.stderr)
     return out
 
 
@@ -50,6 +54,17 @@ def test_train_writes_a_labelled_bundle_with_its_figures(trained_bundle):
     assert "accuracy" in training["figures"]["validation"]
     assert manifest["provenance"]["command"].startswith("hipcad train")
     assert training["box_supervision"] == 1.0  # on by default: the synth folder has fracture boxes
+    # the validation halves' log-odds are the reference for drift monitoring
+    assert manifest["reference"]["halves"] == training["halves"]["validation"] == len(manifest["reference"]["logits"])
+    # the calibration is fitted on the validation split and the figures are on its scale -- unless, as two
+    # epochs on 20 radiographs usually leave it, the model's scores are uninformative: then it says so
+    if "calibration" in manifest:
+        calibration = manifest["calibration"]
+        assert calibration["method"] == "temperature" and calibration["fitted_on"]["split"] == "validation"
+        assert calibration["after"]["log_loss"] <= calibration["before"]["log_loss"]
+    else:
+        assert "no calibration:" in trained_log["stderr"] and "uncalibrated" in trained_log["stdout"]
+    assert training["figures"]["validation"]["threshold"] == manifest["operating_points"]["default"]["threshold"]
 
 
 def test_cut_record_maps_the_fracture_box_into_its_half(small_dataset):

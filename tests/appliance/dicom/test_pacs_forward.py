@@ -103,7 +103,7 @@ def sr_probabilities(ds) -> dict[str, float]:
             name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
             if name == "Tracking Identifier":
                 side = str(item.TextValue).split()[1]
-            if item.ValueType == "NUM" and name == "Probability of fracture":
+            if item.ValueType == "NUM" and name in ("Probability of fracture", "Fracture score (uncalibrated)"):
                 out[side] = float(item.MeasuredValueSequence[0].NumericValue)
             if "ContentSequence" in item:
                 side = walk(item.ContentSequence, side)

@@ -160,6 +160,35 @@ def test_pages_and_api(tmp_path):
     assert "PATIENT LEFT HIP" in study and "took 0.25 s" in study
 
 
+def test_the_number_is_called_a_probability_only_when_calibrated(tmp_path):
+    config = make_config(tmp_path)
+    populate(config, n_done=1)  # an uncalibrated record: a score
+    store = Store(config.db_path)
+    sides = [{"side": "right", "probability": 0.91, "fracture": True, "calibrated": True, "heatmap_peak": [10, 10]},
+             {"side": "left", "probability": 0.04, "fracture": False, "calibrated": True, "heatmap_peak": [50, 10]}]
+    item_id = store.enqueue("f" * 64, None, "calibrated.jpg", 10)
+    store.finish(item_id, "done", result={"id": item_id, "status": "done", "sides": sides, "warnings": [],
+                                          "model": {**UNTRAINED, "threshold": 0.21, "calibrated": True}})
+    store.close()
+    client = create_app(config).test_client()
+    uncalibrated = client.get("/study/1").get_data(as_text=True)
+    assert "score 0.91" in uncalibrated and "(alarm at 0.50)" in uncalibrated and "probability" not in uncalibrated
+    calibrated = client.get(f"/study/{item_id}").get_data(as_text=True)
+    assert "probability 91 %" in calibrated and "(alarm at 21 %)" in calibrated and "score 0.91" not in calibrated
+    history = client.get("/").get_data(as_text=True)  # the newest large, the others in the history
+    assert "probability 91 %" in history and "score 0.91" in history
+
+
+def test_drift_page_needs_a_model_and_says_what_it_lacks(tmp_path):
+    assert create_app(make_config(tmp_path)).test_client().get("/admin/drift").status_code == 404  # no bundle
+    client = create_app(make_config(tmp_path / "demo", model="")).test_client()  # the demo bundle
+    page = client.get("/admin/drift")
+    assert page.status_code == 200 and "No shift detected." in page.get_data(as_text=True)
+    summary = client.get("/api/drift").get_json()
+    assert summary["flags"] == [] and summary["sides"]["right"]["halves"] == 0
+    assert 'hipcad_drift_shift{window="14d",side="left"} 0' in client.get("/metrics").get_data(as_text=True)
+
+
 def test_health_metrics_and_worker_down_banner(tmp_path):
     config = make_config(tmp_path)
     populate(config)

@@ -16,6 +16,7 @@ from PIL import Image
 from hipcad.runtime import synth
 from hipcad.runtime.evaluation import dataset as dsmod
 from hipcad.runtime.evaluation.dataset import Box, DatasetError, ImageRecord, SideLabel
+from hipcad.runtime.evaluation.labels_write import write_labels
 
 SIZE = (600, 500)
 SEED = 7
@@ -86,6 +87,22 @@ def test_about_half_fractured_both_sides_and_kinds():
     assert min(f.subtlety for f in fx) < 0.2 and max(f.subtlety for f in fx) > 0.8
     assert all(synth.sample_case(5, i, fracture_rate=0.0).fracture is None for i in range(20))
     assert all(synth.sample_case(5, i, fracture_rate=1.0).fracture is not None for i in range(20))
+
+
+def test_subtlety_range_plants_a_harder_kind_and_changes_nothing_else():
+    plain = [synth.sample_case(5, i, fracture_rate=1.0) for i in range(60)]
+    harder = [synth.sample_case(5, i, fracture_rate=1.0, subtlety={"neck": (0.9, 1.0)}) for i in range(60)]
+    for a, b in zip(plain, harder):
+        assert (a.fracture.kind, a.fracture.side) == (b.fracture.kind, b.fracture.side) and a.vendor == b.vendor
+        if a.fracture.kind == "neck":
+            assert 0.9 <= b.fracture.subtlety <= 1.0 and b.fracture.subtlety == pytest.approx(0.9 + 0.1 * a.fracture.subtlety)
+        else:
+            assert a.fracture == b.fracture
+    assert synth.sample_case(5, 3, subtlety={"neck": (0.0, 1.0)}) == synth.sample_case(5, 3)  # the full range: as before
+    with pytest.raises(SystemExit):
+        synth.build_parser().parse_args(["--out", "x", "--subtlety", "femur=0.2-0.4"])
+    with pytest.raises(SystemExit):
+        synth.build_parser().parse_args(["--out", "x", "--subtlety", "neck=0.8-0.2"])
 
 
 def test_default_and_exact_sizes():
@@ -209,10 +226,16 @@ def test_dicom_headers(run_dir, info):
 def test_labels_and_regions(run_dir, info):
     labels = _read_csv(run_dir / "labels.csv")
     regions = _read_csv(run_dir / "regions.csv")
-    assert list(labels[0]) == list(dsmod.LABEL_FIELDS) and list(regions[0]) == list(dsmod.REGION_FIELDS)
+    assert list(labels[0]) == [*dsmod.LABEL_FIELDS, "vendor", "fracture_type", "displaced"]
+    assert list(regions[0]) == list(dsmod.REGION_FIELDS)
     assert {r["file"] for r in labels} == set(info)
     fractured = {r["file"] for r in labels if r["side"] != "none"}
     assert fractured == {n for n, i in info.items() if i["fracture"]}
+    for row in labels:  # the attributes the generator knows, as extra columns
+        fx = info[row["file"]]["fracture"]
+        assert row["vendor"].startswith("PHANTOM ")
+        assert (row["fracture_type"], row["displaced"]) == (
+            (fx["kind"], "yes" if fx["displaced"] else "no") if fx else ("", ""))
     assert 0.25 < len(fractured) / COUNT < 0.75
     assert Counter((r["file"], r["side"]) for r in regions) == Counter({(n, s): 1 for n in info for s in ("right", "left")})
 
@@ -348,7 +371,7 @@ def test_dataset_roundtrip(tmp_path):
         ImageRecord("c.png", tmp_path / "c.png", "P2", {"right": SideLabel(True, None), "left": SideLabel(True, Box(1, 2, 3, 4))}),
     ]
     _write(tmp_path, "", files=("a.dcm", "sub/b.jpg", "c.png"))
-    dsmod.write_labels(tmp_path, recs)
+    write_labels(tmp_path, recs)
     text = (tmp_path / "labels.csv").read_text()
     assert text.splitlines()[0] == HEADER.strip()
     assert "sub/b.jpg,P1,none,,,," in text and "a.dcm,P1,right,10,20,30.5,40" in text
