@@ -19,6 +19,12 @@ minimises the log loss of ``sigmoid(d / T + b)`` over the halves' log-odds ``d =
 * ``platt`` (Platt 1999): ``T`` and ``b`` -- it also removes a lean, for instance the one a
   class-weighted loss leaves (training weights fractures up).
 
+Both fit to Platt's targets, not to the bare 0/1 labels: a fractured half counts as
+``(N+ + 1) / (N+ + 2)`` and an intact one as ``1 / (N- + 2)`` (``N+``, ``N-``: how many of each).
+A good model often separates a site's few hundred halves perfectly; with bare labels the best fit
+is then an infinitely sharp one, which says more about the sample than the model. The targets are
+the Bayes estimate of a half's chance of fracture under a uniform prior and keep the fit finite.
+
 Both are monotone, so every threshold has an exact counterpart on the new scale:
 :func:`calibrated_manifest` converts the operating points, and no verdict changes.
 """
@@ -119,29 +125,39 @@ def calibration_metrics(y, p, n_bins: int = N_BINS, n_bootstrap: int = 1000, see
 
 # -- fitting ---------------------------------------------------------------------------------------
 
-def _nll(d: np.ndarray, y: np.ndarray, a: float, b: float) -> float:
-    z = a * d + b
-    # -[y log s(z) + (1-y) log s(-z)] = log(1 + exp(-z)) for y = 1, log(1 + exp(z)) for y = 0
-    return float(np.mean(np.logaddexp(0.0, np.where(y == 1, -z, z))))
+def platt_targets(y) -> np.ndarray:
+    """Platt's (1999) targets for 0/1 labels: ``(N+ + 1) / (N+ + 2)`` for 1, ``1 / (N- + 2)`` for 0."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    n_pos = float(np.sum(y == 1))
+    return np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1.0 / (y.size - n_pos + 2))
 
 
-def _nll_grad_hess(d, y, a, b):
+def _nll(d: np.ndarray, t: np.ndarray, a: float, b: float) -> float:
+    """Mean cross-entropy of targets ``t`` in [0, 1] against ``sigmoid(a d + b)``."""
     z = a * d + b
-    s = 1.0 / (1.0 + np.exp(-z))
-    r = s - y  # d nll / d z per case
+    # -[t log s(z) + (1-t) log s(-z)] = t log(1 + exp(-z)) + (1-t) log(1 + exp(z))
+    return float(np.mean(t * np.logaddexp(0.0, -z) + (1 - t) * np.logaddexp(0.0, z)))
+
+
+def _nll_grad_hess(d, t, a, b):
+    z = a * d + b
+    s = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
+    r = s - t  # d nll / d z per case
     w = s * (1 - s)
     x = np.stack([d, np.ones_like(d)])
     return x @ r / d.size, (x * w) @ x.T / d.size
 
 
 def fit_calibration(logits, y, method: str = "temperature") -> dict:
-    """Fit ``sigmoid(d / T + b)`` to labelled log-odds ``d = l1 - l0`` by minimising the log loss.
+    """Fit ``sigmoid(d / T + b)`` to labelled log-odds ``d = l1 - l0`` by minimising the log loss
+    against Platt's targets (:func:`platt_targets`).
 
     ``temperature``: golden-section search over ``log T`` in :data:`T_RANGE` (the loss is
     unimodal there), ``b = 0``. ``platt``: Newton's method on ``(1/T, b)`` (the loss is convex),
     started from the temperature fit. Returns ``{"method", "temperature", "bias", "log_loss_before",
     "log_loss_after"}``. ``ValueError`` when both classes are not present or the fit leaves the
-    range (the scores do not order the cases, or separate them perfectly).
+    range (the scores do not order the cases). ``log_loss_before`` and ``log_loss_after`` are
+    on the bare labels.
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
@@ -151,6 +167,7 @@ def fit_calibration(logits, y, method: str = "temperature") -> dict:
         raise ValueError("need one finite log-odds per label")
     if y.min() == y.max():
         raise ValueError("calibration needs labelled halves of both classes (fractured and not)")
+    labels, y = y, platt_targets(y)
     lo, hi = math.log(1 / T_RANGE[1]), math.log(1 / T_RANGE[0])  # over u = log(1/T)
     g = (math.sqrt(5) - 1) / 2
     a_, b_ = lo, hi
@@ -168,7 +185,7 @@ def fit_calibration(logits, y, method: str = "temperature") -> dict:
     u = (a_ + b_) / 2
     if u - lo < 1e-4 or hi - u < 1e-4:
         raise ValueError(f"the fitted temperature lies at the end of its range {T_RANGE}: these scores cannot be "
-                         "calibrated (they do not order the cases, or separate them perfectly on this set)")
+                         "calibrated (they do not order the cases on this set)")
     a, b = math.exp(u), 0.0
     if method == "platt":
         for _ in range(100):
@@ -183,7 +200,7 @@ def fit_calibration(logits, y, method: str = "temperature") -> dict:
         if not (T_RANGE[0] <= 1 / a <= T_RANGE[1]) or not math.isfinite(b):
             raise ValueError("the Platt fit failed: the scores do not order these cases")
     return {"method": method, "temperature": float(1.0 / a), "bias": float(b),
-            "log_loss_before": _nll(d, y, 1.0, 0.0), "log_loss_after": _nll(d, y, a, b)}
+            "log_loss_before": _nll(d, labels, 1.0, 0.0), "log_loss_after": _nll(d, labels, a, b)}
 
 
 def convert_threshold(threshold: float, old: tuple[float, float], new: tuple[float, float]) -> float:
@@ -217,7 +234,7 @@ def calibrated_manifest(manifest: dict, fit: dict, fitted_on: dict, before: dict
         "temperature": new[0],
         "bias": new[1],
         "rule": "probability = sigmoid((l1 - l0) / temperature + bias)",
-        "objective": "mean log loss of the labelled halves",
+        "objective": "mean log loss of the labelled halves against Platt's targets",
         "fitted_on": fitted_on,
         "before": before,
         "after": after,

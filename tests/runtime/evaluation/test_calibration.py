@@ -20,7 +20,9 @@ from hipcad.runtime.evaluation.calibration import (
     expected_calibration_error,
     fit_calibration,
     log_loss,
+    platt_targets,
     reliability_bins,
+    T_RANGE,
 )
 from hipcad.runtime.inference.verdict import Calibration, fracture_probability, log_odds_probability, score_words
 from hipcad.runtime.model.bundle import Bundle
@@ -63,9 +65,12 @@ def test_fit_minimises_the_log_loss_as_scipy_does(method):
     d, y = _data()
     fit = fit_calibration(d, y, method)
 
-    def nll(params):
+    t = platt_targets(y)
+
+    def nll(params):  # cross-entropy against Platt's targets, written out
         a, b = params if method == "platt" else (params, 0.0)
-        return log_loss(y, log_odds_probability(d * a, 1.0, b), eps=1e-15)
+        p = np.clip(log_odds_probability(d * a, 1.0, b), 1e-15, 1 - 1e-15)
+        return float(-np.mean(t * np.log(p) + (1 - t) * np.log1p(-p)))
     if method == "temperature":
         best = minimize_scalar(nll, bounds=(0.01, 10), method="bounded", options={"xatol": 1e-8}).x
         assert 1 / fit["temperature"] == pytest.approx(best, rel=1e-4) and fit["bias"] == 0.0
@@ -79,10 +84,21 @@ def test_fit_minimises_the_log_loss_as_scipy_does(method):
 def test_fit_refuses_what_cannot_be_calibrated():
     with pytest.raises(ValueError, match="both classes"):
         fit_calibration([1.0, 2.0], [1, 1])
-    with pytest.raises(ValueError, match="end of its range"):  # perfectly separated: T -> 0
-        fit_calibration([-3.0, -2.0, 2.0, 3.0], [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="end of its range"):  # scores that order the cases backwards
+        fit_calibration([3.0, 2.0, -2.0, -3.0], [0, 0, 1, 1])
     with pytest.raises(ValueError, match="unknown calibration method"):
         fit_calibration([1.0, 2.0], [0, 1], "isotonic")
+
+
+def test_platt_targets_and_a_perfectly_separated_set():
+    assert platt_targets([1, 1, 1, 0]).tolist() == pytest.approx([4 / 5, 4 / 5, 4 / 5, 1 / 3])
+    d, y = [-3.0, -2.0, -1.5, 1.0, 2.0, 3.0], [0, 0, 0, 1, 1, 1]  # a good model on a small set
+    for method in ("temperature", "platt"):
+        fit = fit_calibration(d, y, method)  # bare labels would want an infinitely sharp sigmoid
+        p = log_odds_probability(np.asarray(d), fit["temperature"], fit["bias"])
+        assert T_RANGE[0] < fit["temperature"] < T_RANGE[1]
+        assert np.all((p > 0.5) == np.asarray(y, bool))  # the same verdicts at 0.5 ...
+        assert p.min() > 0.05 and p.max() < 0.95  # ... and no certainty six halves cannot give
 
 
 @pytest.mark.parametrize("old,new", [((1.0, 0.0), (0.46, 0.0)), ((1.0, 0.0), (0.58, -1.3)), ((0.5, 0.2), (2.0, 1.0))])

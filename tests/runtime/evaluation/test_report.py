@@ -15,6 +15,7 @@ import pytest
 
 from hipcad.runtime.evaluation.report import resolve
 from hipcad.runtime.model.bundle import DEFAULT_BUNDLE
+from hipcad.runtime.tools.signing import sign_if_configured
 from tests.helpers import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -55,6 +56,7 @@ def evaluated(tmp_path_factory):
     manifest.pop("calibration", None)  # start from the raw scores, whatever the shipped bundle has
     manifest["operating_points"] = {"default": {"threshold": 0.5, "description": "probability of fracture >= threshold"}}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    sign_if_configured(bundle)  # an edited manifest is signed again, as its maker would
     before = run_cli("evaluate", str(root / "site"), "--model", str(bundle), "--backend", "onnxruntime", "--json",
                      "--out", str(root / "before"))
     assert before.returncode == 0, before.stderr

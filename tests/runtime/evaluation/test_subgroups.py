@@ -129,7 +129,12 @@ def test_evaluate_finds_a_planted_harder_fracture_type(tmp_path):
     (control_sens, control_test), (planted_sens, planted_test) = neck(control), neck(planted)
     assert control_sens - planted_sens > 0.15  # the plant took effect ...
     assert planted_test["p_holm"] < 0.05 and planted_test["p_value"] < control_test["p_value"]  # ... and is found
-    vendor = planted["subgroups"]["attributes"]["vendor"]  # the vendor look was not planted
-    assert all(t["p_holm"] > 0.05 for t in vendor["tests"].values() if t and t.get("p_holm") is not None)
+    # The vendor look was not planted: its intact halves score the same in both runs, and the plant,
+    # spread over every look, leaves none of them significantly worse at finding fractures. (Whether
+    # the looks differ in specificity is the model's business: the demo is less specific on the film
+    # digitizer's look, and evaluate reports what it measures.)
+    vendors = [r["subgroups"]["attributes"]["vendor"] for r in (control, planted)]
+    assert [s["specificity"] for s in vendors[0]["strata"]] == [s["specificity"] for s in vendors[1]["strata"]]
+    assert vendors[1]["tests"]["sensitivity"]["p_holm"] > 0.05
     header = (tmp_path / "planted" / "out" / "predictions.csv").read_text().splitlines()[0].split(",")
     assert header[-3:] == ["vendor", "fracture_type", "displaced"] and "logit" in header

@@ -14,7 +14,8 @@ from hipcad.runtime.model.bundle import DEFAULT_BUNDLE, load_bundle
 from hipcad.runtime.serving.repository import RepositoryError, config_text, preferred_batch_sizes, validate, write_repository
 from tests.helpers import run_cli
 
-DEMO_SHA = load_bundle(DEFAULT_BUNDLE).onnx_sha256
+DEMO = load_bundle(DEFAULT_BUNDLE)
+DEMO_SHA = DEMO.onnx_sha256
 
 
 def parse(path) -> pb.ModelConfig:
@@ -55,7 +56,7 @@ def test_each_platform_writes_a_config_triton_parses(tmp_path, platform, key, va
     assert config.model_warmup[0].batch_size == 2 and config.model_warmup[0].inputs["image"].zero_data
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["hipcad.onnx_sha256"] == DEMO_SHA and params["hipcad.name"] == "demo"
-    assert params["hipcad.operating_point"] == "default" and params["hipcad.threshold"] == "0.5"
+    assert params["hipcad.operating_point"] == "default" and params["hipcad.threshold"] == repr(DEMO.threshold)
     version = model_dir / "1"
     assert (version / file).is_file() and (version / "manifest.json").is_file()
     if platform != "tensorrt":
