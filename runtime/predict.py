@@ -43,10 +43,7 @@ def safe_stem(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hipcad.runtime.backends import CHOICES, open_backend
-    from hipcad.runtime.inference.overlay import OVERLAY_SUFFIX
-    from hipcad.runtime.inference.pipeline import Pipeline
-    from hipcad.runtime.model.bundle import load_bundle
+    from hipcad.runtime.backends import CHOICES
 
     parser = argparse.ArgumentParser(
         prog="hipcad predict",
@@ -58,9 +55,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="DIR", help="write overlays (JPEG) and result JSON files here")
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
     parser.add_argument("--backend", default="auto", choices=CHOICES, help="inference backend (default: auto)")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="decode in this process (debugging): a crashing or hanging codec then stops the command")
+    parser.add_argument("--decode-timeout", type=float, default=30.0, metavar="S",
+                        help="seconds a file may take to decode before it is refused (default 30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
     command_logging(args.verbose)
+    decoder = _decoder(args)
+    try:
+        return _predict(args, decoder)
+    finally:
+        decoder.close()
+
+
+def _decoder(args):
+    """Files are decoded in a separate process (started now, while the model loads), so that a
+    codec's crash or hang costs that file only."""
+    from hipcad.runtime.imaging.isolation import DecodePool, InProcessDecoder, IsolationLimits
+
+    if args.no_isolation:
+        return InProcessDecoder()
+    pool = DecodePool(1, IsolationLimits(timeout_s=args.decode_timeout), warm=False)
+    pool.start(wait=False)
+    return pool
+
+
+def _predict(args, decoder) -> int:
+    from hipcad.runtime.backends import open_backend
+    from hipcad.runtime.inference.overlay import OVERLAY_SUFFIX
+    from hipcad.runtime.inference.pipeline import Pipeline
+    from hipcad.runtime.model.bundle import load_bundle
 
     try:
         bundle = load_bundle(args.model)
@@ -75,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
           f"backend: {backend.name} ({backend.device})", file=sys.stderr)
     if backend.fallback_reason:
         print(f"note: {backend.fallback_reason}", file=sys.stderr)
-    pipeline = Pipeline(bundle, backend)
+    pipeline = Pipeline(bundle, backend, decoder=decoder)
     used: set[str] = set()
     all_ok = True
     with backend:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
@@ -16,7 +15,9 @@ import numpy as np
 
 from hipcad.runtime.errors import BadInputError, CodecUnavailableError, HipcadError, InputTooLargeError
 from hipcad.runtime.imaging import transfer_syntaxes
+from hipcad.runtime.imaging.deflate import guard_deflate
 from hipcad.runtime.imaging.dicom_display import GRAY
+from hipcad.runtime.imaging.frame_check import check_frame_header
 from hipcad.runtime.imaging.jpeg2000 import decode_j2k_reduced
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.quiet import safe_reason
@@ -55,40 +56,9 @@ def _open_source(source, limits: DecodeLimits) -> Iterator[BinaryIO]:
 
 
 def _guard_deflate(fp: BinaryIO, limits: DecodeLimits) -> None:
-    """Refuse a Deflated dataset that inflates beyond the file-size limit (zip bomb).
-
-    pydicom inflates the whole dataset in memory in one call; this inflates it first in
-    bounded chunks, keeping nothing, and stops as soon as the limit is passed.
-    """
-    from pydicom.filereader import _read_file_meta_info
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    try:
-        fp.seek(0)
-        head = fp.read(132)
-        fp.seek(132 if head[128:132] == b"DICM" else 0)
-        meta = _read_file_meta_info(fp)
-        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
-        start = fp.tell()
-    except Exception:  # not parseable here: dcmread will say what is wrong
-        deflated = False
-    if deflated:
-        fp.seek(start)
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        total = 0
-        cap = limits.max_file_bytes
-        try:
-            while chunk := fp.read(1 << 20):
-                while chunk:
-                    total += len(inflater.decompress(chunk, 1 << 24))
-                    if total > cap:
-                        raise InputTooLargeError(
-                            f"deflated DICOM inflates to over {cap / 2**20:.0f} MiB, the file-size limit"
-                        )
-                    chunk = inflater.unconsumed_tail
-        except zlib.error as err:
-            raise BadInputError(f"corrupt deflated DICOM: {safe_reason(err)}") from err
-    fp.seek(0)
+    """Refuse a Deflated dataset that inflates beyond the file-size limit (zip bomb), is corrupt or
+    does not end, before pydicom inflates it in one call (:mod:`.deflate`)."""
+    guard_deflate(fp, limits)
 
 
 def _read_dataset(fp: BinaryIO, warns: list[str]):
@@ -225,6 +195,7 @@ def read_dicom_pixels(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: i
         if message:
             raise CodecUnavailableError(message)
         codec = transfer_syntaxes.SUPPORTED[str(ts)]
+        check_frame_header(ds, ts, header)  # before any codec sees the frame (frame_check)
         factor = min(header.rows, header.cols) // min_side if min_side else 0
         reduced = decode_j2k_reduced(ds, ts, header, factor.bit_length() - 1) if factor >= 2 else None
         stored, props = reduced if reduced is not None else _decode_first_frame(ds, ts, codec, header)
@@ -255,6 +226,11 @@ def _decode_first_frame(ds, ts, codec, header: ImageHeader):
         raise InputTooLargeError("not enough memory to decode the pixel data") from err
     except Exception as err:
         raise BadInputError(f"cannot decode {codec.name} pixel data: {safe_reason(err)}") from err
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # a codec's panic: pyo3's PanicException derives from BaseException
+        raise BadInputError(f"cannot decode {codec.name} pixel data: the decoder failed "
+                            f"({type(err).__name__}: {safe_reason(err)})") from err
     expected_shape = (header.rows, header.cols) if header.samples == 1 else (header.rows, header.cols, 3)
     if arr.shape != expected_shape:
         raise BadInputError(
