@@ -36,11 +36,15 @@ class Config:
     polling: bool = False  # PollingObserver instead of inotify (network shares)
     poll_interval_s: float = 2.0
     rescan_interval_s: float = 60.0
-    settle_s: float = 1.0  # a file's size and mtime must stay unchanged this long
+    settle_s: float = 1.0  # a file found by a rescan / polling: unchanged this long and no writer
+    quiet_s: float = 30.0  # ... or, where writers cannot be checked (network share), unchanged this long
     min_free_mb: int = 500
     retention_days: float = 30.0  # 0 keeps everything
     max_attempts: int = 3  # worker deaths while reading one file before it is quarantined
-    watchdog_stale_s: float = 20.0  # no WATCHDOG=1 when a thread's heartbeat is older
+    watchdog_stale_s: float = 20.0  # no WATCHDOG=1 when a thread's heartbeat is older (+ decode_timeout_s while decoding)
+    decode_isolation: bool = True  # decode each file in a separate, disposable process
+    decode_timeout_s: float = 30.0  # a file taking longer to decode is refused (isolation only)
+    decode_memory_mb: int = 3072  # address space a decoding process may add for one file
     truth_labels: str = ""  # a dataset folder (labels.csv) giving the truth per file name, for reader studies
     log_level: str = "INFO"
     # -- kiosk ------------------------------------------------------------------------------
@@ -77,11 +81,13 @@ class Config:
     def validate(self) -> "Config":
         if self.backend not in ("auto", "onnxruntime", "tensorrt"):
             raise ConfigError(f"backend must be auto, onnxruntime or tensorrt, not {self.backend!r}")
-        for name in ("poll_interval_s", "rescan_interval_s", "heartbeat_stale_s", "watchdog_stale_s"):
+        for name in ("poll_interval_s", "rescan_interval_s", "heartbeat_stale_s", "watchdog_stale_s", "decode_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        if self.settle_s < 0 or self.min_free_mb < 0 or self.retention_days < 0:
-            raise ConfigError("settle_s, min_free_mb and retention_days must not be negative")
+        if self.settle_s < 0 or self.quiet_s < 0 or self.min_free_mb < 0 or self.retention_days < 0:
+            raise ConfigError("settle_s, quiet_s, min_free_mb and retention_days must not be negative")
+        if self.decode_memory_mb < 256:
+            raise ConfigError("decode_memory_mb must be at least 256")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:

@@ -4,7 +4,13 @@ For each queued item: the pipeline reads the spooled input; the read-first image
 record are written; the input is moved to ``processed/`` (or ``quarantine/`` with its reason) and
 only then is the store row finished, naming where the input now lies. A backend that fails at run
 time (not the file's fault) hands over to the next backend in the ``auto`` order and the item is
-read again; a file that made the worker stop ``max_attempts`` times is quarantined.
+read again; a file that made the worker stop ``max_attempts`` times is quarantined. Files are decoded
+by the worker's decoder (a pool of disposable processes, :mod:`hipcad.runtime.imaging.isolation`):
+a decoder that could not run is no file's fault -- the item is queued again.
+
+Liveness: :attr:`Reader.beat` is refreshed at every turn of the loop and at every stage of an item
+(:attr:`Reader.stage`: idle, decode, infer, write); :meth:`Reader.stuck` says when a stage has
+lasted longer than it may (the worker then stops pinging systemd's watchdog, and health says so).
 """
 
 from __future__ import annotations
@@ -33,15 +39,22 @@ class Reader:
     """Runs in its own thread (:meth:`run`); the worker's main loop watches :attr:`beat` and
     :attr:`fatal`, and sets :attr:`stop` / :attr:`wake`."""
 
-    def __init__(self, config: Config, data: DataDir, bundle, truth: dict, backend_opener, forwarder=None) -> None:
+    #: consecutive items whose decoder could not run before the thread gives up (the worker exits)
+    DECODER_FAILURES = 3
+
+    def __init__(self, config: Config, data: DataDir, bundle, truth: dict, backend_opener, forwarder=None,
+                 decoder=None) -> None:
         self.config, self.data, self.bundle, self.truth = config, data, bundle, truth
         self.open_backend = backend_opener
         self.forwarder = forwarder
+        self.decoder = decoder  # None: in this process
+        self.stage = "idle"
+        self._decoder_failures = 0
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.ready = threading.Event()  # set once the backend is up (or could not be)
         self.fatal: str | None = None
-        self.beat = time.monotonic()  # refreshed at every turn of the loop
+        self.beat = time.monotonic()  # refreshed at every turn of the loop and every stage of an item
         self.backend_info: dict = {}
         self.pipeline: Pipeline | None = None
 
@@ -59,7 +72,7 @@ class Reader:
                 log.warning("inference backend %s (%s); not used: %s", backend.name, backend.device, backend.fallback_reason)
             self.ready.set()
             while not self.stop.is_set():
-                self.beat = time.monotonic()
+                self._mark("idle")
                 item = store.claim_next()
                 if item is None:
                     self.wake.wait(0.5)
@@ -75,8 +88,17 @@ class Reader:
             self.ready.set()
             store.close()
 
+    def _mark(self, stage: str) -> None:
+        self.stage, self.beat = stage, time.monotonic()
+
+    def stuck(self, stale_s: float, decode_s: float, now: float | None = None) -> bool:
+        """No sign of life for longer than the current stage may take: ``stale_s``, and the decode
+        timeout on top while a file is being decoded."""
+        now = time.monotonic() if now is None else now
+        return now - self.beat > stale_s + (decode_s if self.stage == "decode" else 0.0)
+
     def _use(self, backend, store: Store, runtime_fallback: str | None = None) -> None:
-        self.pipeline = Pipeline(self.bundle, backend)
+        self.pipeline = Pipeline(self.bundle, backend, decoder=self.decoder)
         self.backend_info = {
             "name": backend.name,
             "device": backend.device,
@@ -93,7 +115,19 @@ class Reader:
             reason = f"the worker stopped {item['attempts'] - 1} times while reading this file"
             self._quarantine(item, store, reason, {})
             return backend
-        result = self.pipeline.run(data.spool(sha), data.overlay(item_id))
+        self._mark("decode")
+        loaded = self.pipeline.load(data.spool(sha))
+        self._mark("infer")
+        result = self.pipeline.complete(loaded, data.overlay(item_id))
+        self._mark("write")
+        if result.error_kind == "decoder":
+            remove_quietly(*data.result_files(item_id))
+            store.requeue(item_id)
+            self._decoder_failures += 1
+            if not self.stop.is_set() and self._decoder_failures >= self.DECODER_FAILURES:
+                raise HipcadError(f"the decoder cannot run: {result.error}")
+            return backend
+        self._decoder_failures = 0
         if result.error_kind == "backend":
             remove_quietly(*data.result_files(item_id))
             store.requeue(item_id)

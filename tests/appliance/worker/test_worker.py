@@ -9,7 +9,6 @@ import random
 import socket
 import threading
 import time
-import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from PIL import Image
 from hipcad.appliance.config import ConfigError, load_config
 from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.storage.store import Store
+from hipcad.appliance.worker.reader import Reader
 from hipcad.appliance.worker.service import Worker
 from hipcad.runtime.backends import open_backend
 from hipcad.runtime.errors import HipcadError
@@ -449,12 +449,16 @@ def test_watchdog_ping_only_while_observer_and_inference_thread_live(tmp_path):
     release = threading.Event()
     worker._thread = threading.Thread(target=release.wait, daemon=True)
     worker._thread.start()
-    worker.reader = types.SimpleNamespace(beat=time.monotonic())
+    worker.reader = Reader(worker.config, worker.data, None, {}, None)
     assert worker._healthy(Observer(True))
     assert not worker._healthy(Observer(False))
     worker.reader.beat = time.monotonic() - worker.config.watchdog_stale_s - 1  # inference thread stuck
     assert not worker._healthy(Observer(True))
-    worker.reader.beat = time.monotonic()
+    worker.reader.stage = "decode"  # ... unless a file is being decoded: that may take decode_timeout_s more
+    assert worker._healthy(Observer(True))
+    worker.reader.beat -= worker.config.decode_timeout_s
+    assert not worker._healthy(Observer(True))
+    worker.reader.stage, worker.reader.beat = "idle", time.monotonic()
     release.set()
     worker._thread.join()
     assert not worker._healthy(Observer(True))  # inference thread gone
