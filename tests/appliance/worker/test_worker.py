@@ -9,7 +9,6 @@ import random
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,12 @@ from tests.appliance.support import (  # noqa: F401 - fixtures
     demo_process,
     drop,
     finished,
+    kiosk_client,
     radiographs,
     small_bundle,
     store_counts,
     wait_for,
+    worker_in_thread,
     write_config,
 )
 from tests.helpers import REPO
@@ -40,32 +41,10 @@ HOSTILE_UID = "../../etc/passwd"
 HOSTILE_FILE = "<script>alert(3).dcm"  # a file name cannot hold '/'; '<' it can
 
 
-def kiosk_client(config_path: Path):
-    from hipcad.appliance.kiosk import create_app
-
-    return create_app(load_config(config_path, environ={})).test_client()
-
-
 def all_results(client) -> list[dict]:
     response = client.get("/api/results?limit=500")
     assert response.status_code == 200
     return response.get_json()["results"]
-
-
-@contextmanager
-def worker_in_thread(config, **kwargs):
-    """The Worker in a thread of this process (for tests that inject a backend or peek inside)."""
-    worker = Worker(config, **kwargs)
-    codes = []
-    thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
-    assert codes == [0], codes
 
 
 # -- configuration ---------------------------------------------------------------------------
