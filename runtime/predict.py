@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", choices=CHOICES, help="inference backend (default: auto)")
     parser.add_argument("--no-isolation", action="store_true",
                         help="decode in this process (debugging): a crashing or hanging codec then stops the command")
-    parser.add_argument("--decode-timeout", type=float, default=30.0, metavar="S",
+    parser.add_argument("--decode-timeout", type=_positive, default=30.0, metavar="S",
                         help="seconds a file may take to decode before it is refused (default 30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(args, decoder)
     finally:
         decoder.close()
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def _decoder(args):

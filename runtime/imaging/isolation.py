@@ -228,6 +228,11 @@ class DecodePool:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def pids(self) -> list[int]:
+        """The decoding processes running now."""
+        with self._cond:
+            return [child.pid for child in (*self._idle, *self._busy)]
+
     def status(self) -> dict:
         with self._cond:
             processes = len(self._idle) + len(self._busy)

@@ -165,6 +165,13 @@ def _ok(radiograph) -> tuple[dict, memoryview]:
     return header, memoryview(pixels).cast("B")
 
 
+def _plain(value):
+    """numpy scalars and arrays as Python numbers and lists; anything else JSON cannot carry is an error."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def serve(conn, decode, memory_mb: int, cpu_s: float | None, recycle_mb: int) -> None:
     conn.send_bytes(json.dumps({"ready": os.getpid()}).encode())
     while True:
@@ -176,7 +183,12 @@ def serve(conn, decode, memory_mb: int, cpu_s: float | None, recycle_mb: int) ->
         reply, pixels = answer(decode, job, memory_mb)
         if recycle_mb and _vm_bytes("VmRSS") > recycle_mb * 2**20:
             reply["leaving"] = True  # said now, so the parent never sends a file to a process about to exit
-        text = json.dumps(reply, default=str)  # (a value JSON cannot carry is sent as its str)
+        try:
+            text = json.dumps(reply, default=_plain)
+        except (TypeError, ValueError) as err:  # a field JSON cannot carry: a bug, said for this file
+            reply, pixels = {"ok": False, "error": "BadInputError", "leaving": False,
+                             "message": f"cannot decode the file: internal error (result not transferable: {err})"}, None
+            text = json.dumps(reply)
         try:
             conn.send_bytes(text.encode())
             if pixels is not None:
