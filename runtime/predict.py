@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         decoder.close()
 
 
+WARM = "images"  # what the decoding process imports while the model loads (see DecodePool)
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -83,7 +86,7 @@ def _decoder(args):
 
     if args.no_isolation:
         return InProcessDecoder()
-    pool = DecodePool(1, IsolationLimits(timeout_s=args.decode_timeout), warm=False)
+    pool = DecodePool(1, IsolationLimits(timeout_s=args.decode_timeout), warm=WARM, fork=True)
     pool.start(wait=False)
     return pool
 

@@ -31,9 +31,6 @@ import json
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +45,7 @@ from hipcad.runtime.errors import (
     DecoderUnavailableError,
     InputTooLargeError,
 )
+from hipcad.runtime.imaging.isolation_process import Child, describe_exit, fork_is_safe
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.radiograph import Radiograph
 
@@ -55,7 +53,6 @@ log = logging.getLogger("hipcad.decoder")
 
 _ERRORS = {cls.__name__: cls for cls in (BadInputError, InputTooLargeError, CodecUnavailableError)}
 _HEADER_MAX = 1 << 22
-_CHILD = "from hipcad.runtime.imaging.isolation_child import main; main()"
 
 
 @dataclass(frozen=True)
@@ -93,97 +90,33 @@ class InProcessDecoder:
         pass
 
 
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "the decoder stopped answering"
-    if code < 0:
-        what = {signal.SIGSEGV: "crashed", signal.SIGBUS: "crashed", signal.SIGILL: "crashed", signal.SIGFPE: "crashed",
-                signal.SIGABRT: "aborted", signal.SIGKILL: "was killed (out of memory?)",
-                signal.SIGXCPU: "used up its CPU-time limit"}.get(-code, "was stopped")
-        try:
-            name = f", {signal.Signals(-code).name}"
-        except ValueError:
-            name = ""
-        return f"the decoder {what} (signal {-code}{name})"
-    return f"the decoder exited unexpectedly (status {code})"
-
-
-class _Child:
-    """One decoding process and the parent's end of its socket."""
-
-    START_TIMEOUT_S = 60.0
-
-    def __init__(self, limits: IsolationLimits, decoder: str | None, warm: bool) -> None:
-        from multiprocessing.connection import Connection
-
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(var, "1")
-        # what this process imports (its '' is the working directory it started in), nothing else
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        flags = ["-P"] if sys.version_info >= (3, 11) else []
-        args = [str(theirs.fileno()), str(os.getpid()), str(limits.memory_mb), str(limits.cpu_s or 0),
-                str(limits.recycle_mb), "1" if warm else "0", *([decoder] if decoder else [])]
-        try:
-            self.popen = subprocess.Popen([sys.executable, *flags, "-c", _CHILD, *args], pass_fds=(theirs.fileno(),),
-                                          stdin=subprocess.DEVNULL, env=env, close_fds=True)
-        except OSError as err:
-            ours.close()
-            raise DecoderUnavailableError(f"the decoding process could not be started: {err.strerror or err}") from err
-        finally:
-            theirs.close()
-        self.conn = Connection(ours.detach())
-        self.pid = self.popen.pid
-        self.files = 0
-        try:
-            if self.conn.poll(self.START_TIMEOUT_S) and "ready" in json.loads(self.conn.recv_bytes(1024)):
-                return
-        except (EOFError, OSError, ValueError):
-            pass
-        code = self.exitcode(1.0)
-        self.kill()
-        raise DecoderUnavailableError(f"the decoding process could not be started ({describe_exit(code)})")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def exitcode(self, wait: float = 2.0) -> int | None:
-        try:
-            return self.popen.wait(wait)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        try:
-            self.popen.kill()
-            self.popen.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self.conn.close()
-
-
 class DecodePool:
     """Decode files in 1..``size`` warm processes; ``decode(path, limits, min_side)`` as
     :func:`~hipcad.runtime.imaging.decode.decode`, with the same errors. Thread-safe: up to ``size``
     files at once, further callers wait for a free process.
 
     ``decoder``: ``"module:function"`` run in the processes instead of hipcad's decode (tests).
-    ``warm``: the processes import pydicom and every codec when they start (the worker), or when a
-    file first needs them (``hipcad predict``: a faster start)."""
+    ``warm``: what the processes import right after they start, while the caller does its own
+    start-up: "all" (Pillow, pydicom and every codec: the worker), "images" (Pillow only: ``hipcad
+    predict``, where the codecs would compete for the CPU with loading the model) or "none".
+    ``fork``: the first process is made by a plain fork when that is safe (:meth:`start` called from
+    the main and only thread: ``hipcad predict``), inheriting the modules already imported; every
+    other process by fork+exec."""
 
     isolated = True
 
     def __init__(self, size: int = 1, limits: IsolationLimits = IsolationLimits(), decoder: str | None = None,
-                 warm: bool = True) -> None:
+                 warm: str = "all", fork: bool = False) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
-        self.size, self.limits, self.decoder, self.warm = size, limits, decoder, warm
+        if warm not in ("none", "images", "all"):
+            raise ValueError(f"warm must be none, images or all, not {warm!r}")
+        self.size, self.limits, self.decoder, self.warm, self.fork = size, limits, decoder, warm, fork
         # every process is started from this one thread (PR_SET_PDEATHSIG follows the starting thread)
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hipcad-decoder-spawner")
         self._cond = threading.Condition()
-        self._idle: list[_Child] = []
-        self._busy: set[_Child] = set()
+        self._idle: list[Child] = []
+        self._busy: set[Child] = set()
         self._count = 0  # processes idle, busy or being started
         self._closed = False
         self.stats = dict.fromkeys(("files", "crashed", "timed_out", "recycled", "replaced", "start_failures"), 0)
@@ -196,6 +129,17 @@ class DecodePool:
             if self._count or self._closed:
                 return
             self._count += 1
+        if self.fork and fork_is_safe():
+            try:
+                forked = Child(self.limits, self.decoder, self.warm, fork=True)
+            except DecoderUnavailableError:
+                forked = None  # fork+exec below
+            if forked is not None:
+                if wait:
+                    self._add_idle(forked.ready())
+                else:
+                    self._spawner.submit(self._start_in_background, forked)
+                return
         if wait:
             try:
                 child = self._new_child()
@@ -267,7 +211,7 @@ class DecodePool:
             if child is not None:
                 self._release(child, healthy)
 
-    def _receive(self, child: _Child, timeout: float) -> tuple[dict, bytearray | None]:
+    def _receive(self, child: Child, timeout: float) -> tuple[dict, bytearray | None]:
         from multiprocessing import BufferTooShort
 
         deadline = time.monotonic() + timeout
@@ -299,18 +243,18 @@ class DecodePool:
             raise DecoderStoppedError("decoding was interrupted: hipcad is stopping (the file is kept)")
 
     # -- processes --------------------------------------------------------------------------------
-    def _new_child(self) -> _Child:
+    def _new_child(self) -> Child:
         try:
-            return self._spawner.submit(_Child, self.limits, self.decoder, self.warm).result()
+            return self._spawner.submit(lambda: Child(self.limits, self.decoder, self.warm).ready()).result()
         except RuntimeError as err:  # the spawner was shut down: the pool is closed
             raise DecoderStoppedError("decoding was interrupted: hipcad is stopping (the file is kept)") from err
         except DecoderUnavailableError:
             self.stats["start_failures"] += 1
             raise
 
-    def _start_in_background(self) -> None:
+    def _start_in_background(self, child: Child | None = None) -> None:
         try:
-            child = _Child(self.limits, self.decoder, self.warm)
+            child = (child or Child(self.limits, self.decoder, self.warm)).ready()
         except DecoderUnavailableError as err:
             self.stats["start_failures"] += 1
             log.error("%s", err)
@@ -320,7 +264,7 @@ class DecodePool:
             return
         self._add_idle(child)
 
-    def _add_idle(self, child: _Child) -> None:
+    def _add_idle(self, child: Child) -> None:
         with self._cond:
             if not self._closed:
                 self._idle.append(child)
@@ -328,7 +272,7 @@ class DecodePool:
                 return
         child.kill()
 
-    def _acquire(self) -> _Child:
+    def _acquire(self) -> Child:
         with self._cond:
             while True:
                 if self._closed:
@@ -356,13 +300,13 @@ class DecodePool:
             self._busy.add(child)
         return child
 
-    def _forget(self, child: _Child) -> None:
+    def _forget(self, child: Child) -> None:
         child.kill()
         with self._cond:
             self._busy.discard(child)
             self._count -= 1
 
-    def _release(self, child: _Child, healthy: bool) -> None:
+    def _release(self, child: Child, healthy: bool) -> None:
         with self._cond:
             self._busy.discard(child)
             if healthy and not self._closed and child.files < self.limits.max_files and child.alive():

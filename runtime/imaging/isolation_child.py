@@ -4,7 +4,8 @@ confines itself, then decodes one file at a time for as long as its parent wants
 Protocol on the socket (multiprocessing's length-prefixed frames; JSON, never pickle, in both
 directions -- the parent does not unpickle what a process that ran untrusted bytes sends):
 
-    child -> parent   {"ready": pid}                          once confined and imported
+    child -> parent   {"ready": pid}                          once confined (then it imports what
+                                                              decoding needs, then reads the first file)
     parent -> child   {"path", "limits": {...}, "min_side"}
     child -> parent   {"ok": true, "fields": {...}, "tuples": [...], "shape": [r, c], "nbytes", "leaving"}
                       then the pixels (uint8, row-major) as one frame, or
@@ -64,14 +65,18 @@ def _vm_bytes(field: str) -> int:
     return 0
 
 
-def confine(parent_pid: int, memory_mb: int) -> None:
-    """Die with the parent, no core dumps, no capabilities, an address-space limit, quiet."""
+def confine(parent_pid: int) -> None:
+    """Die with the parent, no core dumps, no capabilities."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before the line above took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core dump would hold patient data
     _drop_capabilities()
+
+
+def limit_memory(memory_mb: int) -> None:
+    """Address space: this process's own size now (imports done) + ``memory_mb``."""
     if memory_mb:
         limit = _vm_bytes("VmSize") + memory_mb * 2**20
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -95,16 +100,30 @@ def _arm_cpu(cpu_s: float | None) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (int(used.ru_utime + used.ru_stime + cpu_s) + 1, resource.RLIM_INFINITY))
 
 
-def warm() -> None:
-    """Import what decoding imports lazily (pydicom, the codec plugins, Pillow's plugins), so the
-    first file decodes as fast as the next."""
-    import PIL.Image
-    from pydicom.pixels import get_decoder
+WARM_LEVELS = ("none", "images", "all")
 
-    from hipcad.runtime.imaging import dicom  # noqa: F401
-    from hipcad.runtime.imaging.transfer_syntaxes import SUPPORTED
 
-    PIL.Image.init()
+def warm(level: str) -> None:
+    """Import what decoding imports lazily, so the first file decodes as fast as the next: Pillow
+    and its JPEG / PNG plugins ("images"), and pydicom with every codec plugin too ("all"). Best
+    effort: what fails here fails again, and is said, when a file needs it."""
+    if level == "none":
+        return
+    try:
+        import PIL.Image
+        import PIL.JpegImagePlugin  # noqa: F401
+        import PIL.PngImagePlugin  # noqa: F401
+
+        if level != "all":
+            return
+        from pydicom.pixels import get_decoder
+
+        from hipcad.runtime.imaging import dicom  # noqa: F401
+        from hipcad.runtime.imaging.transfer_syntaxes import SUPPORTED
+
+        PIL.Image.init()
+    except Exception:  # noqa: BLE001
+        return
     for uid in SUPPORTED:
         try:
             decoder = get_decoder(uid)
@@ -173,7 +192,6 @@ def _plain(value):
 
 
 def serve(conn, decode, memory_mb: int, cpu_s: float | None, recycle_mb: int) -> None:
-    conn.send_bytes(json.dumps({"ready": os.getpid()}).encode())
     while True:
         try:
             job = json.loads(conn.recv_bytes(_HEADER_MAX))
@@ -199,17 +217,25 @@ def serve(conn, decode, memory_mb: int, cpu_s: float | None, recycle_mb: int) ->
             os._exit(3)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``FD PARENT_PID MEMORY_MB CPU_S RECYCLE_MB WARM [DECODER]`` (started by the pool only)."""
-    args = sys.argv[1:] if argv is None else argv
-    fd, parent_pid, memory_mb = int(args[0]), int(args[1]), int(args[2])
-    cpu_s, recycle_mb, warm_up = float(args[3]) or None, int(args[4]), args[5] == "1"
-    confine(parent_pid, memory_mb)
+def run(fd: int, parent_pid: int, memory_mb: int, cpu_s: float | None, recycle_mb: int, level: str,
+        decoder: str | None) -> None:
+    """Serve the parent on the socket ``fd`` until it goes away. "ready" is said as soon as this
+    process is confined and can decode; the imports that make the first file fast follow while the
+    parent does its own start-up (say, loading the model)."""
+    confine(parent_pid)
     from multiprocessing.connection import Connection
 
     conn = Connection(fd)
-    decode = resolve(args[6] if len(args) > 6 else None)
-    if warm_up:
-        warm()
+    decode = resolve(decoder)
+    conn.send_bytes(json.dumps({"ready": os.getpid()}).encode())
+    warm(level)
+    limit_memory(memory_mb)
     _silence()  # after the imports: an import error still reaches the parent's stderr
     serve(conn, decode, memory_mb, cpu_s, recycle_mb)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``FD PARENT_PID MEMORY_MB CPU_S RECYCLE_MB WARM [DECODER]``: a process started by fork+exec."""
+    args = sys.argv[1:] if argv is None else argv
+    run(int(args[0]), int(args[1]), int(args[2]), float(args[3]) or None, int(args[4]), args[5],
+        args[6] if len(args) > 6 else None)

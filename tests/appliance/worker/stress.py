@@ -74,14 +74,17 @@ def sigkill(args, root: Path) -> dict:
     start = time.monotonic()
     feeder.start()
     span = args.images * args.interval
-    kills = 0
+    kills, mark = 0, 0
     for at in sorted(rng.uniform(1.0, span) for _ in range(args.kills)):
         time.sleep(max(0.0, start + at - time.monotonic()))
         worker.kill()
         kills += 1
+        mark = len(worker.text())
         worker.start()  # systemd's Restart=on-failure, without the delay
     feeder.join()
     wait_for(lambda: finished(config) == args.images, 1800, interval=1.0, what="every input read")
+    # the last one started up (a SIGTERM before its handler is installed is not a graceful stop)
+    wait_for(lambda: "watching" in worker.text()[mark:], 120, what="the last start to complete")
     code = worker.stop()
     rows = store_rows(config)
     left = leftovers(data)
@@ -96,7 +99,7 @@ def sigkill(args, root: Path) -> dict:
         "hot_folder_empty": not any(hot.iterdir()),
         "processed": len(list((data / "processed").iterdir())) == args.images,
     }
-    return {"test": "sigkill", "images": args.images, "kills": kills, "seconds": round(time.monotonic() - start, 1),
+    return {"test": "sigkill", "images": args.images, "kills": kills, "exit_status": code, "seconds": round(time.monotonic() - start, 1),
             "starts_completed": worker.text().count("watching "), "max_attempts": max(r["attempts"] for r in rows),
             "checks": checks, "left": left}
 
@@ -140,12 +143,12 @@ def burst(args, root: Path) -> dict:
     payloads = [sources[i % len(sources)].read_bytes() + b"\0" * (i % 7) + i.to_bytes(4, "big") for i in range(distinct)]
     payloads += [payloads[i] for i in range(args.files - distinct)]  # duplicates under other names
     start = time.monotonic()
-    for first in range(0, len(payloads), 500):  # 500 files open at a time, written in 8 interleaved chunks
+    for first in range(0, len(payloads), 500):  # 500 files open at a time, written in interleaved chunks
         batch = [(open(hot / f"b{first + i:05d}{sources[(first + i) % len(sources)].suffix}", "wb"), data)
                  for i, data in enumerate(payloads[first:first + 500])]
-        for part in range(8):
+        for part in range(args.chunks):
             for fh, data in batch:
-                step = -(-len(data) // 8)
+                step = -(-len(data) // args.chunks)
                 fh.write(data[part * step:(part + 1) * step])
                 fh.flush()
         for fh, _ in batch:
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.25, help="mean seconds between two radiographs")
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--chunks", type=int, default=64, help="interleaved writes per file (inotify events)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ runaway allocation costs one file; the next file decodes; no process is left beh
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -198,7 +199,7 @@ def test_degenerate_sizes_decode_without_error_or_warning(pool, tmp_path, width,
 PARENT = textwrap.dedent("""
     import threading, time
     from hipcad.runtime.imaging.isolation import DecodePool, IsolationLimits
-    pool = DecodePool(1, IsolationLimits(timeout_s=120), decoder={evil!r})
+    pool = DecodePool(1, IsolationLimits(timeout_s=120), decoder={evil!r}, fork={fork!r})
     pool.start()
     threading.Thread(target=pool.decode, args=({hang!r},), daemon=True).start()
     time.sleep(1.0)
@@ -207,9 +208,10 @@ PARENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("fork", [False, True], ids=["exec", "fork"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_no_process_outlives_its_parent(files, sig):
-    proc = subprocess.Popen([sys.executable, "-c", PARENT.format(evil=EVIL, hang=str(files / "hang.bin"))],
+def test_no_process_outlives_its_parent(files, sig, fork):
+    proc = subprocess.Popen([sys.executable, "-c", PARENT.format(evil=EVIL, hang=str(files / "hang.bin"), fork=fork)],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)
     busy = [int(v) for v in proc.stdout.readline().split()]
     assert busy
@@ -227,3 +229,34 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+FORKED = textwrap.dedent("""
+    import json, sys
+    from hipcad.runtime.errors import BadInputError
+    from hipcad.runtime.imaging.isolation import DecodePool, IsolationLimits
+    pool = DecodePool(1, IsolationLimits(timeout_s=10), decoder={evil!r}, fork=True)
+    pool.start()
+    first = pool.pids()
+    with open(f"/proc/{{first[0]}}/cmdline", "rb") as child, open("/proc/self/cmdline", "rb") as me:
+        forked = child.read() == me.read()  # a fork of this script, not a new interpreter
+    out = []
+    for name in sys.argv[1:]:
+        try:
+            out.append(list(pool.decode(name).pixels.shape))
+        except BadInputError as err:
+            out.append(str(err))
+    print(json.dumps({{"first": first, "now": pool.pids(), "out": out, "forked": forked}}))
+    pool.close()
+""")
+
+
+def test_the_first_process_may_be_a_fork_and_its_replacements_are_not(files):
+    names = [str(files / n) for n in ("good.png", "segv.bin", "good.dcm")]
+    done = subprocess.run([sys.executable, "-c", FORKED.format(evil=EVIL), *names], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    report = json.loads(done.stdout or "null") or done.stderr
+    assert report["forked"] is True
+    assert report["out"][0] == [600, 800] and report["out"][2] == [300, 400]
+    assert report["out"][1].startswith("the decoder crashed (signal 11, SIGSEGV)")
+    assert report["first"] != report["now"]  # the forked process crashed and was replaced (by fork+exec)
