@@ -201,17 +201,17 @@ class DecodePool:
                 child.conn.send_bytes(job)
             child.files += 1
             self.stats["files"] += 1
-            header, pixels = self._receive(child, timeout)
+            header, pixels = self._receive(child, timeout, limits)
             healthy = not header.get("leaving")
             self.stats["recycled"] += not healthy
             if header.get("ok"):
-                return _radiograph(header, pixels, limits)
+                return _radiograph(header, pixels)
             raise _ERRORS.get(header.get("error"), BadInputError)(str(header.get("message") or "cannot decode the file"))
         finally:
             if child is not None:
                 self._release(child, healthy)
 
-    def _receive(self, child: Child, timeout: float) -> tuple[dict, bytearray | None]:
+    def _receive(self, child: Child, timeout: float, limits: DecodeLimits) -> tuple[dict, bytearray | None]:
         from multiprocessing import BufferTooShort
 
         deadline = time.monotonic() + timeout
@@ -226,7 +226,7 @@ class DecodePool:
                 raise ValueError("not an answer")
             if not header.get("ok"):
                 return header, None
-            nbytes = _checked_size(header)
+            nbytes = _checked_size(header, limits)
             pixels = bytearray(nbytes)
             if nbytes and not child.conn.poll(max(deadline - time.monotonic(), 1.0)):
                 raise EOFError
@@ -325,19 +325,20 @@ class DecodePool:
                 self._count -= 1
 
 
-def _checked_size(header: dict) -> int:
-    """The byte count of the pixels the child announced, checked before anything is allocated."""
+def _checked_size(header: dict, limits: DecodeLimits) -> int:
+    """The byte count of the pixels the child announced, checked against the limits before anything
+    is allocated (the child ran untrusted bytes: its word is not trusted either)."""
     shape, nbytes = header.get("shape"), header.get("nbytes")
     if (header.get("dtype") != "uint8" or not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(n, int) and 0 < n <= 1 << 16 for n in shape) or nbytes != shape[0] * shape[1]):
+            or not all(isinstance(n, int) and 0 < n <= limits.max_side for n in shape)
+            or nbytes != shape[0] * shape[1] or nbytes > limits.max_pixels):
         raise ValueError("inconsistent image")
     return nbytes
 
 
-def _radiograph(header: dict, pixels: bytearray, limits: DecodeLimits) -> Radiograph:
+def _radiograph(header: dict, pixels: bytearray) -> Radiograph:
     """The child's Radiograph rebuilt and checked (the child ran untrusted bytes)."""
     rows, cols = header["shape"]
-    limits.check_dimensions(rows, cols)
     fields = dict(header.get("fields") or {})
     for name in header.get("tuples") or ():
         if isinstance(fields.get(name), list):
