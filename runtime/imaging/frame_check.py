@@ -8,8 +8,9 @@ hostile one (found by fuzzing, see tests/fuzz):
   seconds), and keeps the memory after failing;
 * a codestream larger than the DICOM header says: the codec decodes all of it (up to 65535 x 65535)
   before pydicom compares the shapes;
-* a frame starting with a JP2 header whose boxes do not lead to the codestream: pydicom's
-  ``get_j2k_parameters`` loops for ever on a box of length 0.
+* a frame starting like a JP2 header whose boxes do not lead to the codestream: pydicom's
+  ``get_j2k_parameters`` loops for ever on a box of length 0 (found twice: with the JP2 signature,
+  and -- by atheris -- with a signature pydicom recognises by its first 8 bytes only).
 
 :func:`check_frame_header` refuses these with a :class:`BadInputError`; anything it cannot parse is
 left to the codec, which says what is wrong.
@@ -33,6 +34,7 @@ J2K_SYNTAXES = frozenset({
 _SOF = (frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xF7}
 _NO_LENGTH = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+JP2_PREFIX = JP2_SIGNATURE[:8]  # what pydicom takes for a JP2 header
 
 
 def jpeg_frame_header(cs: bytes) -> tuple[int, int, int] | None:
@@ -66,19 +68,18 @@ def jpeg_frame_header(cs: bytes) -> tuple[int, int, int] | None:
 
 
 def check_jp2_boxes(cs: bytes) -> None:
-    """A frame that starts with a JP2 signature (not conformant in DICOM, but read): its boxes must
-    lead to the contiguous-codestream box."""
-    if not cs.startswith(JP2_SIGNATURE):
+    """A frame that starts like a JP2 file (not conformant in DICOM, but read): walk its boxes as
+    pydicom's ``get_j2k_parameters`` does -- which it recognises by the first 8 bytes only, and
+    where a box of length 0 is a loop for ever -- and require them to lead to the codestream box."""
+    if not cs.startswith(JP2_PREFIX):
         return
     offset = len(JP2_SIGNATURE)
-    while offset + 8 <= len(cs):
+    while offset < len(cs):
         length = int.from_bytes(cs[offset:offset + 4], "big")
         if cs[offset + 4:offset + 8] == b"jp2c":
             return
-        if length == 1 and offset + 16 <= len(cs):  # XLBox: a 64-bit length follows
-            length = int.from_bytes(cs[offset + 8:offset + 16], "big")
-        if length < 8:
-            raise BadInputError(f"cannot decode the JPEG 2000 pixel data: its JP2 header has a box of length {length}")
+        if length == 0:
+            raise BadInputError("cannot decode the JPEG 2000 pixel data: its JP2 header has a box of length 0")
         offset += length
     raise BadInputError("cannot decode the JPEG 2000 pixel data: its JP2 header has no codestream box")
 

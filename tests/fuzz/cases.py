@@ -110,9 +110,11 @@ def make_jpegls_height0(out: Path) -> Path:
     return Path(out)
 
 
-def make_j2k_jp2box(out: Path) -> Path:
+def make_j2k_jp2box(out: Path, signature_tail: str = "0d0a870a") -> Path:
     """Found by atheris: a JPEG 2000 frame starting with a JP2 signature, then a box of length 0:
-    pydicom 3.0's get_j2k_parameters loops for ever (``offset += 0``)."""
+    pydicom 3.0's get_j2k_parameters loops for ever (``offset += 0``). pydicom takes a frame for JP2
+    by the signature's first 8 bytes: ``signature_tail`` (hex) varies the last 4 (found again by
+    atheris with 0d0a8708)."""
     from pydicom.encaps import encapsulate, generate_frames
     from pydicom.uid import JPEG2000Lossless
 
@@ -121,7 +123,8 @@ def make_j2k_jp2box(out: Path) -> Path:
     ds.PixelData = (np.frombuffer(ds.PixelData, np.uint16) & 0x0FFF).tobytes()
     ds.compress(JPEG2000Lossless, generate_instance_uid=False)
     codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
-    ds.PixelData = encapsulate([b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x00ftyp" + codestream])
+    signature = b"\x00\x00\x00\x0cjP  " + bytes.fromhex(signature_tail)
+    ds.PixelData = encapsulate([signature + b"\x00\x00\x00\x00ftyp" + codestream])
     ds.save_as(out, enforce_file_format=True)
     return Path(out)
 

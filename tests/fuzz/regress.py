@@ -40,7 +40,7 @@ resource.setrlimit(resource.RLIMIT_AS, (size + (3 << 30),) * 2)
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.imaging.isolation import InProcessDecoder
 from hipcad.runtime.imaging.isolation_child import warm
-warm()  # the imports are not the file's time
+warm("all")  # the imports are not the file's time
 path, min_side = sys.argv[1], (None if sys.argv[2] == "None" else int(sys.argv[2]))
 start = time.perf_counter()
 try:
