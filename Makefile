@@ -18,7 +18,8 @@ TRITON_VENV ?= .venv-triton
 # Debian's shared libpython (the stub's), where the base Python is Debian's
 APT_PACKAGES += $(shell test -x /usr/bin/python3.11 && echo libpython3.11)
 
-.PHONY: setup triton-env system-deps demo test gpu-check demo-model sign-demo-model demo-eval lock sbom clean
+.PHONY: setup triton-env system-deps demo test gpu-check demo-model sign-demo-model demo-eval lock sbom clean \
+  fuzz-seeds fuzz-regress fuzz-ci fuzz fuzz-atheris
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(BASE_PYTHON) -m venv $(VENV)
@@ -98,6 +99,41 @@ sign-demo-model:
 demo-eval: setup
 	$(VENV)/bin/hipcad synth --out $(DEMO_EVAL) --count 500 --seed 777 --jobs 2 --force -q
 	$(VENV)/bin/hipcad evaluate $(DEMO_EVAL) --json --out .cache/demo-eval-report --report .cache/demo-eval-html
+
+# Fuzzing the decode path (tests/fuzz): seeds and the regression corpus are made from recipes,
+# never committed. The suite runs the corpus and a minute of mutants (tests/fuzz/test_fuzz.py).
+FUZZ_DIR   ?= .cache/fuzz
+FUZZ_COUNT ?= 100000
+RUN_SEED   ?= $(shell date +%Y%m%d)
+
+$(FUZZ_DIR)/seeds/.made: tests/fuzz/seeds.py $(VENV)/.installed
+	$(PY) -m tests.fuzz.seeds $(FUZZ_DIR)/seeds
+	touch $@
+
+fuzz-seeds: $(FUZZ_DIR)/seeds/.made
+
+# every recorded fault rebuilt and refused: in the decoding process, and in-process (fixed, not only contained)
+fuzz-regress: fuzz-seeds
+	$(PY) -m tests.fuzz.regress check --seeds $(FUZZ_DIR)/seeds --decoder pool
+	$(PY) -m tests.fuzz.regress check --seeds $(FUZZ_DIR)/seeds --decoder inprocess
+
+# what CI runs (also part of `make test`): the corpus and a minute of mutants
+fuzz-ci: setup
+	$(PY) -m pytest -q tests/fuzz
+
+# the long run: FUZZ_COUNT mutants of run RUN_SEED through the isolated decoder (about 10 minutes
+# per 100,000 on 2 cores); findings in $(FUZZ_DIR)/runs/long-RUN_SEED/findings.jsonl
+fuzz: fuzz-regress
+	nice -n 10 $(PY) -m tests.fuzz.harness --seeds $(FUZZ_DIR)/seeds --out $(FUZZ_DIR)/runs/long-$(RUN_SEED) \
+	  --run-seed $(RUN_SEED) --count $(FUZZ_COUNT)
+
+# coverage-guided (atheris / libFuzzer), 10 minutes, in-process; artifacts in $(FUZZ_DIR)/atheris-RUN_SEED/
+fuzz-atheris: fuzz-seeds
+	$(PIP) install -q '.[fuzz]'
+	mkdir -p $(FUZZ_DIR)/atheris-$(RUN_SEED)/corpus
+	HIPCAD_FUZZ_ARTIFACTS=$(FUZZ_DIR)/atheris-$(RUN_SEED) nice -n 10 $(PY) -m tests.fuzz.atheris_target \
+	  -max_total_time=600 -timeout=5 -rss_limit_mb=3072 -max_len=65536 -artifact_prefix=$(FUZZ_DIR)/atheris-$(RUN_SEED)/ \
+	  $(FUZZ_DIR)/atheris-$(RUN_SEED)/corpus $(FUZZ_DIR)/seeds
 
 # On a machine with an NVIDIA GPU (x86): the first thing to run. A virtualenv of its own, because
 # onnxruntime-gpu must never share one with the CPU onnxruntime that `setup` installs; an

@@ -55,11 +55,15 @@ class Config:
     polling: bool = False  # PollingObserver instead of inotify (network shares)
     poll_interval_s: float = 2.0
     rescan_interval_s: float = 60.0
-    settle_s: float = 1.0  # a file's size and mtime must stay unchanged this long
+    settle_s: float = 1.0  # a file found by a rescan / polling: unchanged this long and no writer
+    quiet_s: float = 30.0  # ... or, where writers cannot be checked (network share), unchanged this long
     min_free_mb: int = 500
     retention_days: float = 30.0  # 0 keeps everything
     max_attempts: int = 3  # worker deaths while reading one file before it is quarantined
-    watchdog_stale_s: float = 20.0  # no WATCHDOG=1 when a thread's heartbeat is older
+    watchdog_stale_s: float = 20.0  # no WATCHDOG=1 when a thread's heartbeat is older (+ decode_timeout_s while decoding)
+    decode_isolation: bool = True  # decode each file in a separate, disposable process
+    decode_timeout_s: float = 30.0  # a file taking longer to decode is refused (isolation only)
+    decode_memory_mb: int = 3072  # address space a decoding process may add for one file
     truth_labels: str = ""  # a dataset folder (labels.csv) giving the truth per file name, for reader studies
     heatmap: str = "suspected"  # the overlay's heatmap: on hips with a suspected fracture, or "all" (the paper's look)
     score_ineligible: bool = False  # research only: score images the model is not for (they stay "not eligible")
@@ -143,11 +147,13 @@ class Config:
         if self.local_backend not in LOCAL_BACKENDS:
             raise ConfigError(f"local_backend must be {', '.join(LOCAL_BACKENDS)}, not {self.local_backend!r}")
         self._validate_triton()
-        for name in ("poll_interval_s", "rescan_interval_s", "heartbeat_stale_s", "watchdog_stale_s"):
+        for name in ("poll_interval_s", "rescan_interval_s", "heartbeat_stale_s", "watchdog_stale_s", "decode_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        if self.settle_s < 0 or self.min_free_mb < 0 or self.retention_days < 0:
-            raise ConfigError("settle_s, min_free_mb and retention_days must not be negative")
+        if self.settle_s < 0 or self.quiet_s < 0 or self.min_free_mb < 0 or self.retention_days < 0:
+            raise ConfigError("settle_s, quiet_s, min_free_mb and retention_days must not be negative")
+        if self.decode_memory_mb < 256:
+            raise ConfigError("decode_memory_mb must be at least 256")
         if self.heatmap not in ("suspected", "all"):
             raise ConfigError(f"heatmap must be suspected or all, not {self.heatmap!r}")
         if self.max_attempts < 1:
@@ -173,8 +179,8 @@ class Config:
             raise ConfigError(f"triton_protocol must be grpc or http, not {self.triton_protocol!r}")
         if self.triton_retry_s <= 0 or self.triton_timeout_s <= 0:
             raise ConfigError("triton_retry_s and triton_timeout_s must be positive")
-        if self.triton_timeout_s * 2 > self.watchdog_stale_s:
-            # the inference thread waits on the server; systemd's watchdog must not take that for a hang
+        if self.backend == "triton" and self.triton_timeout_s * 2 > self.watchdog_stale_s:
+            # the inference thread waits on the server; the stuck check must not take that for a hang
             raise ConfigError(f"triton_timeout_s ({self.triton_timeout_s:g}) must be at most half of watchdog_stale_s "
                               f"({self.watchdog_stale_s:g})")
         if bool(self.triton_cert) != bool(self.triton_key):

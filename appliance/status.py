@@ -17,6 +17,7 @@ def health(store: Store, config: Config, model_fallback: dict | None = None) -> 
     worker, at = beat if beat else ({}, None)
     age = round(now - at, 1) if at else None
     up = bool(beat) and worker.get("state") == "running" and age is not None and age <= config.heartbeat_stale_s
+    stuck = up and bool(worker.get("inference_stuck"))  # alive, but the reading has stopped moving
     backend_state = store.get_state("backend")
     backend = (backend_state[0] if backend_state else worker.get("backend")) or {}
     counts = store.status_counts()
@@ -24,7 +25,7 @@ def health(store: Store, config: Config, model_fallback: dict | None = None) -> 
     model = worker.get("model") or model_fallback or {}
     disk_low = worker.get("accepting") is False
     return {
-        "status": "ok" if up and not disk_low else ("down" if not up else "degraded"),
+        "status": "down" if not up or stuck else ("degraded" if disk_low else "ok"),
         "worker": {
             "up": up,
             "heartbeat_age_s": age,
@@ -33,6 +34,11 @@ def health(store: Store, config: Config, model_fallback: dict | None = None) -> 
             "started_at": iso(worker.get("started_at")),
             "observer_alive": worker.get("observer_alive"),
             "inference_alive": worker.get("inference_alive"),
+            "inference_stuck": stuck,
+            "inference_stage": worker.get("inference_stage"),
+            "inference_heartbeat_age_s": worker.get("inference_heartbeat_age_s"),
+            "decoder": worker.get("decoder"),
+            "writer_check": worker.get("writer_check"),
             "hot_folder_mode": worker.get("hot_folder_mode"),
             "accepting": worker.get("accepting"),
             "disk_free_mb": worker.get("disk_free_mb"),

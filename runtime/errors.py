@@ -17,6 +17,15 @@ class CodecUnavailableError(BadInputError):
     """The file uses a compression for which no decoder is installed."""
 
 
+class DecoderUnavailableError(HipcadError):
+    """No decoding process could run the file (none could be started, or the program is stopping):
+    not the file's fault -- it is kept and read again, never quarantined."""
+
+
+class DecoderStoppedError(DecoderUnavailableError):
+    """The decoding processes were stopped (the program is stopping) while the file was decoded."""
+
+
 class BundleError(HipcadError):
     """A model bundle is missing, incomplete, or does not match its manifest."""
 

@@ -76,10 +76,8 @@ def safe_stem(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hipcad.runtime.backends import CHOICES, open_backend, triton
-    from hipcad.runtime.inference.overlay import HEATMAP_MODES, OVERLAY_SUFFIX
-    from hipcad.runtime.inference.pipeline import Pipeline
-    from hipcad.runtime.model.bundle import load_bundle
+    from hipcad.runtime.backends import CHOICES, triton
+    from hipcad.runtime.inference.overlay import HEATMAP_MODES
 
     parser = argparse.ArgumentParser(
         prog="hipcad predict",
@@ -95,10 +93,48 @@ def main(argv: list[str] | None = None) -> int:
                         help="draw the heatmap on hips with a suspected fracture (default) or on all hips, as the paper did")
     parser.add_argument("--score-ineligible", action="store_true",
                         help="research only: also score images the model is not for (they stay \"eligible\": false)")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="decode in this process (debugging): a crashing or hanging codec then stops the command")
+    parser.add_argument("--decode-timeout", type=_positive, default=30.0, metavar="S",
+                        help="seconds a file may take to decode before it is refused (default 30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     triton.add_arguments(parser)
     args = parser.parse_args(argv)
     command_logging(args.verbose)
+    decoder = _decoder(args)
+    try:
+        return _predict(args, decoder)
+    finally:
+        decoder.close()
+
+
+WARM = "images"  # what the decoding process imports while the model loads (see DecodePool)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _decoder(args):
+    """Files are decoded in a separate process (started now, while the model loads), so that a
+    codec's crash or hang costs that file only."""
+    from hipcad.runtime.imaging.isolation import DecodePool, InProcessDecoder, IsolationLimits
+
+    if args.no_isolation:
+        return InProcessDecoder()
+    pool = DecodePool(1, IsolationLimits(timeout_s=args.decode_timeout), warm=WARM, fork=True)
+    pool.start(wait=False)
+    return pool
+
+
+def _predict(args, decoder) -> int:
+    from hipcad.runtime.backends import open_backend, triton
+    from hipcad.runtime.inference.overlay import OVERLAY_SUFFIX
+    from hipcad.runtime.inference.pipeline import Pipeline
+    from hipcad.runtime.model.bundle import load_bundle
 
     try:
         bundle = load_bundle(args.model)
@@ -113,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
           f"backend: {backend.name} ({backend.device})", file=sys.stderr)
     if backend.fallback_reason:
         print(f"note: {backend.fallback_reason}", file=sys.stderr)
-    pipeline = Pipeline(bundle, backend, heatmap=args.heatmap, score_ineligible=args.score_ineligible)
+    pipeline = Pipeline(bundle, backend, heatmap=args.heatmap, score_ineligible=args.score_ineligible, decoder=decoder)
     used: set[str] = set()
     all_ok = True
     skipped: list[tuple[Path, str]] = []

@@ -1,4 +1,4 @@
-"""``/api/health`` (200 while the worker is up, else 503) and ``/api/version`` (what the live page polls)."""
+"""``/api/health`` (200 while the worker is up and reading, else 503) and ``/api/version`` (what the live page polls)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ bp = Blueprint("health", __name__, url_prefix="/api")
 @bp.get("/health")
 def health():
     h = ctx.health()
-    return jsonify(h), 200 if h["worker"]["up"] else 503
+    return jsonify(h), 503 if h["status"] == "down" else 200
 
 
 @bp.get("/version")

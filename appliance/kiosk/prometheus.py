@@ -42,6 +42,12 @@ def render(store: Store, health: dict, drift: dict | None = None) -> str:
            [("", health["queue"]["queued"] + health["queue"]["processing"])])
     worker = health["worker"]
     metric("hipcad_worker_up", "gauge", "1 while the worker's heartbeat is fresh.", [("", 1 if worker["up"] else 0)])
+    metric("hipcad_reading_stuck", "gauge", "1 while the worker runs but its inference thread makes no progress.",
+           [("", 1 if worker.get("inference_stuck") else 0)])
+    decoder = worker.get("decoder") or {}
+    if decoder.get("isolated"):
+        metric("hipcad_decoder_failures_total", "counter", "Files whose decoding process crashed or timed out.",
+               [('{kind="crashed"}', decoder.get("crashed", 0)), ('{kind="timed_out"}', decoder.get("timed_out", 0))])
     if worker["heartbeat_age_s"] is not None:
         metric("hipcad_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker's last heartbeat.",
                [("", worker["heartbeat_age_s"])])

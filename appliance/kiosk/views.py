@@ -65,6 +65,11 @@ def banners(h: dict) -> list[dict]:
         out.append({"level": "danger", "key": "worker-down",
                     "text": f"CAD WORKER NOT RUNNING: new radiographs are NOT being read (last sign of life: {since}). "
                             "Read films without CAD and call the on-call IT contact."})
+    if w["up"] and w.get("inference_stuck"):
+        out.append({"level": "danger", "key": "reading-stuck",
+                    "text": "CAD READING STUCK: the worker runs, but its reading last moved "
+                            f"{ago(w.get('inference_heartbeat_age_s'))}; new radiographs are NOT being read. The service "
+                            "restarts itself; if this stays, read films without CAD and call the on-call IT contact."})
     if w.get("accepting") is False:
         out.append({"level": "danger", "key": "disk",
                     "text": f"DISK NEARLY FULL ({w.get('disk_free_mb')} MB free): new radiographs are not being accepted."})

@@ -17,19 +17,10 @@ value or the name a file arrived with::
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-def sha256_of(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 def remove_quietly(*paths: Path) -> None:

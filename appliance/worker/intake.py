@@ -9,18 +9,20 @@ left unrecorded under that name, so together they are one durable step that keep
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from hipcad.appliance.storage.files import SHA256_RE, DataDir, remove_quietly, sha256_of
+from hipcad.appliance.storage.files import SHA256_RE, DataDir, remove_quietly
 from hipcad.appliance.storage.store import Duplicate, Store
+from hipcad.appliance.worker.writers import StillOpenError, Taking
 from hipcad.runtime.durable import atomic_write, move_durable
-from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.imaging.decode import sniff
 
 log = logging.getLogger(__name__)
@@ -41,38 +43,61 @@ def display_name(path: Path, root: Path) -> str:
     return name[-200:]
 
 
+SOP_INSTANCE_UID = 0x00080018
+_PEEK_BYTES = 64 * 1024
+
+
 def peek_sop_uid(path: Path) -> str | None:
-    """A DICOM file's SOP Instance UID from its header (no pixels read); None for anything else."""
+    """A DICOM file's SOP Instance UID from the start of its dataset; None for anything else.
+
+    Bounded work (it runs in the worker's main thread): at most the first 64 KiB of the dataset are
+    read -- inflated, for a Deflated file (inflating all of a 1 MB zip bomb took seconds and 2 GB)."""
+    from pydicom.filereader import read_dataset
+
+    from hipcad.runtime.imaging.deflate import DEFLATED, dataset_start, inflate_prefix
+    from hipcad.runtime.imaging.quiet import quiet_decoding
+
     try:
         with open(path, "rb") as fh:
             if sniff(fh.read(132)) != "dicom":
                 return None
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        uid = str(ds.get("SOPInstanceUID", "") or "").strip().strip("\0")
+            ts, start = dataset_start(fh)
+            if ts is None:
+                return None
+            fh.seek(start)
+            prefix = inflate_prefix(fh, _PEEK_BYTES) if ts == DEFLATED else fh.read(_PEEK_BYTES)
+        with quiet_decoding():  # pydicom's warnings quote values read from the file
+            ds = read_dataset(io.BytesIO(prefix), ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2",
+                              stop_when=lambda tag, vr, length: tag > SOP_INSTANCE_UID)
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip().strip("\0")
         return uid[:128] or None
-    except Exception:  # an unreadable header is the decoder's business, later
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's business, later
         return None
 
 
 def ingest(path: Path, root: Path, store: Store, data: DataDir) -> int | None:
     """Take one complete file from the hot folder. Returns the new item id, or None when the file
-    was a duplicate (then it is deleted) or vanished."""
+    was a duplicate (then it is deleted) or vanished. Raises :class:`StillOpenError` when a process
+    has it open for writing or changes it meanwhile: it stays in the hot folder.
+
+    The file is hashed from one descriptor, under a read lease where the kernel grants one (no
+    writer can open it until it is in the spool; one that tries gets it back under its name), and
+    its size and mtime are checked again after the move."""
     try:
-        before = path.stat()
-        sha, size = sha256_of(path)
+        taking = Taking(path)
     except FileNotFoundError:
         return None
-    after = path.stat()
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-        raise FileChangedError("the file changed while it was read")
-    return admit(path, sha, size, peek_sop_uid(path), display_name(path, root), store, data)
+    with taking:
+        sha, size = taking.hash()
+        return admit(path, sha, size, peek_sop_uid(path), display_name(path, root), store, data,
+                     still_complete=taking.unchanged)
 
 
-def admit(path: Path, sha: str, size: int, sop_uid: str | None, name: str, store: Store, data: DataDir) -> int | None:
+def admit(path: Path, sha: str, size: int, sop_uid: str | None, name: str, store: Store, data: DataDir,
+          still_complete: Callable[[], bool] | None = None) -> int | None:
     """Move a complete file (already hashed) into the spool and queue it, unless its content or SOP
-    Instance UID is known (then it is deleted). Returns the new item id, or None for a duplicate."""
+    Instance UID is known (then it is deleted). Returns the new item id, or None for a duplicate.
+    ``still_complete`` is asked after the move: False moves the file back (StillOpenError)."""
     with _ADMIT:
         existing = store.find(sha, sop_uid)
         if existing is not None and existing["sha256"] != sha and existing["status"] == "failed":
@@ -85,6 +110,10 @@ def admit(path: Path, sha: str, size: int, sop_uid: str | None, name: str, store
         spool, received = data.spool(sha), data.received_name(sha)
         atomic_write(received, name.encode("utf-8", "surrogateescape"))
         move_durable(path, spool)
+        if still_complete is not None and not still_complete():
+            move_durable(spool, path)  # a writer came for it: its bytes must land under its own name
+            remove_quietly(received)
+            raise StillOpenError("a process opened the file for writing while it was taken")
         try:
             item_id = store.enqueue(sha, sop_uid, name, size)
         except Duplicate:  # cannot happen under the lock unless another process shares the data folder
@@ -95,10 +124,6 @@ def admit(path: Path, sha: str, size: int, sop_uid: str | None, name: str, store
         remove_quietly(received)
     log.info("queued item %d (sha256 %s, %d bytes)", item_id, sha[:12], size)
     return item_id
-
-
-class FileChangedError(HipcadError):
-    """A candidate changed while it was hashed: it is not complete yet."""
 
 
 def _drop_duplicate(path: Path | None, existing, store: Store, sha: str) -> None:

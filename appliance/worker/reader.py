@@ -5,7 +5,13 @@ record are written; the input is moved to ``processed/`` (or ``quarantine/`` wit
 only then is the store row finished, naming where the input now lies. A backend that fails at run
 time (not the file's fault) hands over to the next one and the item is read again (which backend,
 and the return to a regional inference server: :mod:`.backend_choice`); a file that made the worker
-stop ``max_attempts`` times is quarantined.
+stop ``max_attempts`` times is quarantined. Files are decoded by the worker's decoder (a pool of
+disposable processes, :mod:`hipcad.runtime.imaging.isolation`): a decoder that could not run is no
+file's fault -- the item is queued again.
+
+Liveness: :attr:`Reader.beat` is refreshed at every turn of the loop and at every stage of an item
+(:attr:`Reader.stage`: idle, decode, infer, write); :meth:`Reader.stuck` says when a stage has
+lasted longer than it may (the worker then stops pinging systemd's watchdog, and health says so).
 """
 
 from __future__ import annotations
@@ -35,15 +41,22 @@ class Reader:
     """Runs in its own thread (:meth:`run`); the worker's main loop watches :attr:`beat` and
     :attr:`fatal`, and sets :attr:`stop` / :attr:`wake`."""
 
-    def __init__(self, config: Config, data: DataDir, bundle, truth: dict, backend_opener, forwarder=None) -> None:
+    #: consecutive items whose decoder could not run before the thread gives up (the worker exits)
+    DECODER_FAILURES = 3
+
+    def __init__(self, config: Config, data: DataDir, bundle, truth: dict, backend_opener, forwarder=None,
+                 decoder=None) -> None:
         self.config, self.data, self.bundle, self.truth = config, data, bundle, truth
         self.choice = BackendChoice(config, bundle, backend_opener)
         self.forwarder = forwarder
+        self.decoder = decoder  # None: in this process
+        self.stage = "idle"
+        self._decoder_failures = 0
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.ready = threading.Event()  # set once the backend is up (or could not be)
         self.fatal: str | None = None
-        self.beat = time.monotonic()  # refreshed at every turn of the loop
+        self.beat = time.monotonic()  # refreshed at every turn of the loop and every stage of an item
         self.pipeline: Pipeline | None = None
 
     @property
@@ -64,7 +77,7 @@ class Reader:
                 log.warning("inference backend %s (%s); not used: %s", backend.name, backend.device, backend.fallback_reason)
             self.ready.set()
             while not self.stop.is_set():
-                self.beat = time.monotonic()
+                self._mark("idle")
                 returned = self.choice.maybe_return(backend, store)
                 if returned is not backend:
                     backend, self.pipeline = returned, self._pipeline(returned)
@@ -84,7 +97,17 @@ class Reader:
             store.close()
 
     def _pipeline(self, backend) -> Pipeline:
-        return Pipeline(self.bundle, backend, heatmap=self.config.heatmap, score_ineligible=self.config.score_ineligible)
+        return Pipeline(self.bundle, backend, heatmap=self.config.heatmap, score_ineligible=self.config.score_ineligible,
+                        decoder=self.decoder)
+
+    def _mark(self, stage: str) -> None:
+        self.stage, self.beat = stage, time.monotonic()
+
+    def stuck(self, stale_s: float, decode_s: float, now: float | None = None) -> bool:
+        """No sign of life for longer than the current stage may take: ``stale_s``, and the decode
+        timeout on top while a file is being decoded."""
+        now = time.monotonic() if now is None else now
+        return now - self.beat > stale_s + (decode_s if self.stage == "decode" else 0.0)
 
     def _process(self, item, store: Store, backend):
         item_id, sha, data = item["id"], item["sha256"], self.data
@@ -93,7 +116,19 @@ class Reader:
             self._quarantine(item, store, reason, {})
             return backend
         both = data.overlay_all(item_id) if self.config.heatmap == "suspected" else None
-        result = self.pipeline.run(data.spool(sha), data.overlay(item_id), both)
+        self._mark("decode")
+        loaded = self.pipeline.load(data.spool(sha))
+        self._mark("infer")
+        result = self.pipeline.complete(loaded, data.overlay(item_id), both)
+        self._mark("write")
+        if result.error_kind == "decoder":
+            remove_quietly(*data.result_files(item_id))
+            store.requeue(item_id)
+            self._decoder_failures += 1
+            if not self.stop.is_set() and self._decoder_failures >= self.DECODER_FAILURES:
+                raise HipcadError(f"the decoder cannot run: {result.error}")
+            return backend
+        self._decoder_failures = 0
         if result.error_kind == "backend":
             remove_quietly(*data.result_files(item_id))
             store.requeue(item_id)

@@ -1,9 +1,11 @@
 """``hipcad worker``: hot folder / DICOM listener -> durable queue -> one inference thread -> result
 store (-> results to PACS).
 
-Threads: the main thread takes complete files from the hot folder into the queue and keeps house
-(heartbeat, systemd watchdog, rescans, disk guard, retention); watchdog's observer thread reports
-file events; ONE inference thread creates the backend and is the only thread that touches it.
+Threads: the main thread takes complete files from the hot folder into the queue, in slices of at
+most ``TAKE_BUDGET_S`` so that a burst never starves it, and keeps house (heartbeat, systemd
+watchdog, rescans, disk guard, retention); watchdog's observer thread reports file events; ONE
+inference thread creates the backend and is the only thread that touches it. Files are decoded in
+separate, disposable processes (``decode_isolation``), so that a codec's crash or hang costs that file.
 Where configured: pynetdicom's threads serve the DICOM listener (one per association), and one
 forwarding thread builds the DICOM results and sends them to PACS (:mod:`.forward`).
 SIGTERM: the current image is finished, then the worker exits 0. The inference thread is
@@ -23,11 +25,13 @@ from hipcad.appliance.dicom.scp import Listener
 from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.storage.store import Store
 from hipcad.appliance.worker.hotfolder import HotFolder
-from hipcad.appliance.worker.intake import FileChangedError, enforce_retention, free_mb, ingest, load_truth, reconcile
+from hipcad.appliance.worker.intake import enforce_retention, free_mb, ingest, load_truth, reconcile
 from hipcad.appliance.worker.reader import Reader
 from hipcad.appliance.worker.sdnotify import Notifier
+from hipcad.appliance.worker.writers import StillOpenError
 from hipcad.runtime.backends import open_backend
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.imaging.isolation import DecodePool, InProcessDecoder, IsolationLimits
 from hipcad.runtime.model.bundle import load_bundle
 
 log = logging.getLogger("hipcad.worker")
@@ -36,6 +40,15 @@ HEARTBEAT_S = 2.0
 DISK_CHECK_S = 5.0
 RETENTION_S = 3600.0
 LISTENER_RETRY_S = 30.0
+TAKE_BUDGET_S = 0.25  # at most this long taking files in one turn of the main loop
+TAKE_BATCH = 64
+
+
+def make_decoder(config: Config):
+    """The worker's decoder: one warm disposable process (or, without isolation, this process)."""
+    if not config.decode_isolation:
+        return InProcessDecoder()
+    return DecodePool(1, IsolationLimits(timeout_s=config.decode_timeout_s, memory_mb=config.decode_memory_mb))
 
 
 def box_backend_opener(config: Config):
@@ -63,6 +76,7 @@ class Worker:
         self.disk_check_s = DISK_CHECK_S
         self.listener: Listener | None = None
         self.forwarder: Forwarder | None = None
+        self.decoder = None
 
     # -- the main thread --------------------------------------------------------------------
     def run(self) -> int:
@@ -80,15 +94,20 @@ class Worker:
         store = Store(config.db_path)
         reconcile(store, self.data)
         self.started_at = time.time()
-        reader = self.reader = Reader(config, self.data, self.bundle, truth, self.open_backend, self.forwarder)
+        self.decoder = make_decoder(config)
+        if isinstance(self.decoder, DecodePool):
+            self.decoder.start(wait=False)  # while the backend loads
+        reader = self.reader = Reader(config, self.data, self.bundle, truth, self.open_backend, self.forwarder,
+                                      self.decoder)
         self._thread = threading.Thread(target=reader.run, name="inference", daemon=True)
         self._thread.start()
         reader.ready.wait()
         if reader.fatal:
             log.error("%s", reader.fatal)
+            self.decoder.close()
             self._beat(store, state="stopped")
             return 1
-        hot = HotFolder(config.hot_folder, config.settle_s, config.polling, config.poll_interval_s)
+        hot = HotFolder(config.hot_folder, config.settle_s, config.polling, config.poll_interval_s, config.quiet_s)
         hot.start()
         if self.forwarder is not None:
             self.forwarder.start()
@@ -117,8 +136,7 @@ class Worker:
                 if hot.rescan_due() or now - last["rescan"] >= config.rescan_interval_s:
                     last["rescan"] = now
                     hot.rescan()
-                if self.accepting:
-                    self._take(hot, store)
+                more = self.accepting and self._take(hot, store)
                 if self.listener is not None and not self.listener.alive() and now - last["listener"] >= LISTENER_RETRY_S:
                     last["listener"] = now
                     self._start_listener(store)
@@ -141,7 +159,8 @@ class Worker:
                     log.error("the forwarding thread stopped: %s", self.forwarder.fatal or "unknown reason")
                     code = 1
                     break
-                time.sleep(0.1)
+                if not more:
+                    time.sleep(0.1)
         finally:
             self.notifier.stopping()
             log.info("stopping: finishing the current image")
@@ -151,7 +170,8 @@ class Worker:
             if self.listener is not None:
                 self.listener.stop()  # no new C-STORE; those being written finish first
             hot.stop()
-            self._thread.join()
+            self._thread.join()  # a decode ends within decode_timeout_s
+            self.decoder.close()
             if self.forwarder is not None:
                 self.forwarder.stop()
             self._beat(store, state="stopped")
@@ -159,19 +179,24 @@ class Worker:
         log.info("stopped")
         return code
 
-    def _take(self, hot: HotFolder, store: Store) -> None:
-        for path in hot.ready():
-            if self.stop.is_set():
-                return
+    def _take(self, hot: HotFolder, store: Store) -> bool:
+        """Take ready files for at most TAKE_BUDGET_S; True when more may be ready at once."""
+        start, taken = time.monotonic(), 0
+        paths = hot.ready(TAKE_BATCH)
+        for path in paths:
+            if self.stop.is_set() or self.signalled is not None or time.monotonic() - start >= TAKE_BUDGET_S:
+                return taken > 0
             try:
                 if ingest(path, self.config.hot_folder, store, self.data) is not None:
                     self.reader.wake.set()
                 hot.taken(path)
-            except FileChangedError:
-                pass  # still being written: stays a candidate
+                taken += 1
+            except StillOpenError:
+                hot.busy(path)  # a writer still has it: it waits for the close
             except OSError as err:
                 log.error("cannot take a file from the hot folder: %s", err.strerror or err)
                 hot.taken(path)
+        return taken > 0 and len(paths) >= TAKE_BATCH
 
     def _start_listener(self, store: Store) -> None:
         try:
@@ -194,7 +219,10 @@ class Worker:
 
     def _healthy(self, hot: HotFolder) -> bool:
         alive = self._thread is not None and self._thread.is_alive()
-        return alive and hot.alive() and time.monotonic() - self.reader.beat < self.config.watchdog_stale_s
+        return alive and hot.alive() and not self._stuck()
+
+    def _stuck(self) -> bool:
+        return self.reader is not None and self.reader.stuck(self.config.watchdog_stale_s, self.config.decode_timeout_s)
 
     def _beat(self, store: Store, hot: HotFolder | None = None, state: str = "running") -> None:
         store.put_state("worker", {
@@ -204,6 +232,10 @@ class Worker:
             "observer_alive": bool(hot and hot.alive()),
             "inference_alive": bool(self._thread and self._thread.is_alive()),
             "inference_heartbeat_age_s": round(time.monotonic() - self.reader.beat, 1) if self.reader else None,
+            "inference_stage": self.reader.stage if self.reader else None,
+            "inference_stuck": self._stuck(),
+            "decoder": self.decoder.status() if self.decoder is not None else None,
+            "writer_check": hot.writer_check if hot else None,
             "pending_in_hot_folder": hot.pending() if hot else 0,
             "accepting": self.accepting,
             "disk_free_mb": self.disk_free_mb,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
@@ -16,8 +15,10 @@ import numpy as np
 
 from hipcad.runtime.errors import BadInputError, CodecUnavailableError, HipcadError, InputTooLargeError
 from hipcad.runtime.imaging import decoders, transfer_syntaxes
+from hipcad.runtime.imaging.deflate import guard_deflate
 from hipcad.runtime.imaging.dicom_display import GRAY
 from hipcad.runtime.imaging.dicom_objects import no_pixel_data_message, says_what_it_is, truncation_message
+from hipcad.runtime.imaging.frame_check import check_frame_header
 from hipcad.runtime.imaging.jpeg2000 import decode_j2k_reduced
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.quiet import safe_reason, set_patient_values
@@ -54,43 +55,6 @@ def _open_source(source, limits: DecodeLimits) -> Iterator[BinaryIO]:
         if size == 0:
             raise BadInputError("empty file (0 bytes): not a DICOM file")
         yield fp
-
-
-def _guard_deflate(fp: BinaryIO, limits: DecodeLimits) -> None:
-    """Refuse a Deflated dataset that inflates beyond the file-size limit (zip bomb).
-
-    pydicom inflates the whole dataset in memory in one call; this inflates it first in
-    bounded chunks, keeping nothing, and stops as soon as the limit is passed.
-    """
-    from pydicom.filereader import _read_file_meta_info
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    try:
-        fp.seek(0)
-        head = fp.read(132)
-        fp.seek(132 if head[128:132] == b"DICM" else 0)
-        meta = _read_file_meta_info(fp)
-        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
-        start = fp.tell()
-    except Exception:  # not parseable here: dcmread will say what is wrong
-        deflated = False
-    if deflated:
-        fp.seek(start)
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        total = 0
-        cap = limits.max_file_bytes
-        try:
-            while chunk := fp.read(1 << 20):
-                while chunk:
-                    total += len(inflater.decompress(chunk, 1 << 24))
-                    if total > cap:
-                        raise InputTooLargeError(
-                            f"deflated DICOM inflates to over {cap / 2**20:.0f} MiB, the file-size limit"
-                        )
-                    chunk = inflater.unconsumed_tail
-        except zlib.error as err:
-            raise BadInputError(f"corrupt deflated DICOM: {safe_reason(err)}") from err
-    fp.seek(0)
 
 
 def _read_dataset(fp: BinaryIO, warns: list[str]):
@@ -227,7 +191,7 @@ def read_dicom_pixels(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: i
     warns: list[str] = []
     set_patient_values(None)  # no header yet: library messages keep only library words
     with _open_source(source, limits) as fp:
-        _guard_deflate(fp, limits)
+        guard_deflate(fp, limits)  # a Deflated dataset that inflates too far or never ends is refused
         ds = _read_dataset(fp, warns)
         set_patient_values(ds)  # from now on exactly the patient's values are blanked
         try:
@@ -242,6 +206,7 @@ def read_dicom_pixels(source, limits: DecodeLimits = DEFAULT_LIMITS, min_side: i
         if message:
             raise CodecUnavailableError(message)
         codec = transfer_syntaxes.SUPPORTED[str(ts)]
+        check_frame_header(ds, ts, header)  # before any codec sees the frame (frame_check)
         factor = min(header.rows, header.cols) // min_side if min_side else 0
         reduced = decode_j2k_reduced(ds, ts, header, factor.bit_length() - 1) if factor >= 2 else None
         stored, props = reduced if reduced is not None else _decode_first_frame(ds, ts, codec, header, fp, warns)
@@ -282,6 +247,11 @@ def _decode_first_frame(ds, ts, codec, header: ImageHeader, fp: BinaryIO, warns:
             raise BadInputError(f"cannot decode {codec.name} pixel data: {safe_reason(err)}") from err
         arr, props = fixed
         warns.append(decoders.SOS_QUIRK_WARNING)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # a codec's panic: pyo3's PanicException derives from BaseException
+        raise BadInputError(f"cannot decode {codec.name} pixel data: the decoder failed "
+                            f"({type(err).__name__}: {safe_reason(err)})") from err
     expected_shape = (header.rows, header.cols) if header.samples == 1 else (header.rows, header.cols, 3)
     if arr.shape != expected_shape:
         raise BadInputError(

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hipcad.runtime.backends.base import Backend
-from hipcad.runtime.errors import BadInputError, HipcadError
-from hipcad.runtime.imaging.decode import decode
+from hipcad.runtime.errors import BadInputError, DecoderUnavailableError, HipcadError
+from hipcad.runtime.imaging.isolation import InProcessDecoder
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.radiograph import Radiograph
 from hipcad.runtime.inference.eligibility import assess
@@ -37,8 +37,11 @@ class Pipeline:
         *,
         heatmap: str = "suspected",
         score_ineligible: bool = False,
+        decoder=None,
     ) -> None:
         self.bundle = bundle
+        #: decode(path, limits, min_side): in this process, or a DecodePool (imaging.isolation)
+        self.decoder = decoder if decoder is not None else InProcessDecoder()
         self.backend = backend
         self.limits = limits
         self.overlay_max_side = overlay_max_side
@@ -68,7 +71,7 @@ class Pipeline:
         self.min_decode_side = min_decode_side(bundle.input_hw, overlay_max_side)
 
     def decode(self, path: str | Path) -> Radiograph:
-        return decode(path, self.limits, min_side=self.min_decode_side)
+        return self.decoder.decode(path, self.limits, self.min_decode_side)
 
     def load(self, path: str | Path) -> "Loaded":
         """Decode, judge and split one radiograph (the part that can run ahead of inference)."""
@@ -200,7 +203,9 @@ class Loaded:
 
 def _input_failure(err: Exception) -> tuple[str, str]:
     """(error kind, user-facing message): a HipcadError's own words; anything else is a bug, said
-    without a traceback."""
+    without a traceback. A decoder that could not run is not the file's fault."""
+    if isinstance(err, DecoderUnavailableError):
+        return "decoder", str(err)
     if isinstance(err, HipcadError):
         return "input", str(err)
     log.debug("internal error", exc_info=err)

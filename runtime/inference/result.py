@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 #: why a read failed: the input (refused or unreadable: it is quarantined), the backend (a
-#: run-time failure of the inference engine: the input is fine and is read again elsewhere), or
+#: run-time failure of the inference engine: the input is fine and is read again elsewhere), the
+#: decoder (no decoding process could run it, e.g. the program is stopping: the input is kept), or
 #: a bug (reported without a traceback; treated as the input's)
-ERROR_KINDS = ("input", "backend", "internal")
+ERROR_KINDS = ("input", "backend", "decoder", "internal")
 
 
 @dataclass

@@ -191,6 +191,24 @@ def finished(config_path: Path) -> int:
 
 
 @contextmanager
+def worker_in_thread(config, **kwargs):
+    """The Worker in a thread of this process (for tests that inject a backend or peek inside)."""
+    from hipcad.appliance.worker.service import Worker
+
+    worker = Worker(config, **kwargs)
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop.set()
+        thread.join(60)
+        assert not thread.is_alive()
+    assert codes == [0], codes
+
+
+@contextmanager
 def kiosk_server(config):
     """The kiosk app served as ``hipcad kiosk`` serves it (cheroot; HTTPS with kiosk_tls_cert) on a free
     loopback port, in a thread of this process."""

@@ -189,6 +189,8 @@ def test_bench_json_with_baseline(tmp_path):
     # both ran the same five kinds of input in one run; hipcad must not be the slower one
     assert r["speedup_vs_baseline"] > 1.0
     assert len(r["inputs"]) + len(r["skipped_inputs"]) == 5
+    isolation = r["decode_isolation"]  # what decoding in a separate process costs, per input
+    assert set(isolation["per_input"]) == set(r["inputs"]) and isolation["decode_after_a_kill_ms"] > 0
 
 
 def test_train_with_the_fastai_head_and_its_checkpoint_round_trip(small_dataset, tmp_path):

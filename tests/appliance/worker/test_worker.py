@@ -9,8 +9,6 @@ import random
 import socket
 import threading
 import time
-import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,11 @@ from PIL import Image
 from hipcad.appliance.config import ConfigError, load_config
 from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.storage.store import Store
+from hipcad.appliance.worker.reader import Reader
 from hipcad.appliance.worker.service import Worker
 from hipcad.runtime.backends import open_backend
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.model.bundle import DEFAULT_BUNDLE, load_bundle
 from tests.appliance.support import (  # noqa: F401 - fixtures
     WorkerProcess,
     demo_process,
@@ -32,6 +32,7 @@ from tests.appliance.support import (  # noqa: F401 - fixtures
     small_bundle,
     store_counts,
     wait_for,
+    worker_in_thread,
     write_config,
 )
 from tests.helpers import REPO
@@ -45,22 +46,6 @@ def all_results(client) -> list[dict]:
     response = client.get("/api/results?limit=500")
     assert response.status_code == 200
     return response.get_json()["results"]
-
-
-@contextmanager
-def worker_in_thread(config, **kwargs):
-    """The Worker in a thread of this process (for tests that inject a backend or peek inside)."""
-    worker = Worker(config, **kwargs)
-    codes = []
-    thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
-    assert codes == [0], codes
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -444,12 +429,16 @@ def test_watchdog_ping_only_while_observer_and_inference_thread_live(tmp_path):
     release = threading.Event()
     worker._thread = threading.Thread(target=release.wait, daemon=True)
     worker._thread.start()
-    worker.reader = types.SimpleNamespace(beat=time.monotonic())
+    worker.reader = Reader(worker.config, worker.data, load_bundle(DEFAULT_BUNDLE), {}, None)
     assert worker._healthy(Observer(True))
     assert not worker._healthy(Observer(False))
     worker.reader.beat = time.monotonic() - worker.config.watchdog_stale_s - 1  # inference thread stuck
     assert not worker._healthy(Observer(True))
-    worker.reader.beat = time.monotonic()
+    worker.reader.stage = "decode"  # ... unless a file is being decoded: that may take decode_timeout_s more
+    assert worker._healthy(Observer(True))
+    worker.reader.beat -= worker.config.decode_timeout_s
+    assert not worker._healthy(Observer(True))
+    worker.reader.stage, worker.reader.beat = "idle", time.monotonic()
     release.set()
     worker._thread.join()
     assert not worker._healthy(Observer(True))  # inference thread gone

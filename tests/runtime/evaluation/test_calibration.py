@@ -13,6 +13,7 @@ from sklearn.metrics import log_loss as sk_log_loss
 
 from hipcad.runtime.errors import BundleError
 from hipcad.runtime.evaluation.calibration import (
+    T_RANGE,
     brier_score,
     calibrated_manifest,
     calibration_metrics,
@@ -22,7 +23,6 @@ from hipcad.runtime.evaluation.calibration import (
     log_loss,
     platt_targets,
     reliability_bins,
-    T_RANGE,
 )
 from hipcad.runtime.inference.verdict import Calibration, fracture_probability, log_odds_probability, score_words
 from hipcad.runtime.model.bundle import Bundle
