@@ -49,7 +49,8 @@ class Config:
     kiosk_user: str = "doctor"
     kiosk_password_hash: str = ""  # werkzeug hash; `hipcad kiosk --hash-password`
     kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/kiosk.secret
-    kiosk_threads: int = 4
+    kiosk_threads: int = 8  # waitress threads; each live screen's news stream holds one
+    kiosk_push_streams: int = 4  # news streams (Server-Sent Events) at once; more screens poll; 0: all poll
     heartbeat_stale_s: float = 30.0
     read_first: bool = False
     history_size: int = 50
@@ -84,6 +85,9 @@ class Config:
             raise ConfigError("settle_s, min_free_mb and retention_days must not be negative")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if self.kiosk_push_streams < 0 or self.kiosk_push_streams > self.kiosk_threads - 2:
+            raise ConfigError(f"kiosk_push_streams must be between 0 and kiosk_threads - 2 ({max(self.kiosk_threads - 2, 0)}): "
+                              "each news stream holds one of the kiosk's threads, and pages and images need two")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:
             raise ConfigError(f"kiosk_port {self.kiosk_port} is not a port number")
         self._validate_dicom()

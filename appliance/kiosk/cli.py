@@ -12,7 +12,7 @@ import sys
 from flask import Flask
 
 from hipcad.appliance.config import Config, ConfigError, load_config
-from hipcad.appliance.kiosk import create_app
+from hipcad.appliance.kiosk import create_app, events
 from hipcad.appliance.logs import setup_service_logging
 
 log = logging.getLogger("hipcad.kiosk")
@@ -30,7 +30,14 @@ def serve(app: Flask, config: Config) -> None:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
+        events.shutdown(app)  # open news streams end first: their threads must not write into a closed server
         server.close()
+
+
+def _exit(app: Flask) -> None:
+    # news streams end first, or waitress waits for their threads before it stops
+    events.stop(app)
+    sys.exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hipcad kiosk: {err}", file=sys.stderr)
         return 2
     setup_service_logging(config.log_level)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: _exit(app))
     serve(app, config)
     return 0
 

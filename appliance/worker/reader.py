@@ -44,6 +44,9 @@ class Reader:
         self.beat = time.monotonic()  # refreshed at every turn of the loop
         self.backend_info: dict = {}
         self.pipeline: Pipeline | None = None
+        #: item id -> when the hot folder found its file complete (set by the main thread, taken
+        #: here): the first of the result record's ``stamps``
+        self.arrivals: dict[int, float] = {}
 
     def run(self) -> None:
         store = Store(self.config.db_path)
@@ -89,11 +92,13 @@ class Reader:
 
     def _process(self, item, store: Store, backend):
         item_id, sha, data = item["id"], item["sha256"], self.data
+        claimed_at = time.time()
         if item["attempts"] > self.config.max_attempts:
             reason = f"the worker stopped {item['attempts'] - 1} times while reading this file"
             self._quarantine(item, store, reason, {})
             return backend
         result = self.pipeline.run(data.spool(sha), data.overlay(item_id))
+        read_at = time.time()
         if result.error_kind == "backend":
             remove_quietly(*data.result_files(item_id))
             store.requeue(item_id)
@@ -104,8 +109,12 @@ class Reader:
             "sha256": sha,
             "file": item["name"],
             "received_at": item["received_at"],
-            "finished_at": time.time(),
+            "finished_at": read_at,
             **result.to_json(),
+            # when it became ready in the hot folder (absent for C-STORE and after a restart), was
+            # queued, taken by this thread and read: with the row's finished_at, where the time went
+            "stamps": {"ready_at": self.arrivals.pop(item_id, None), "received_at": item["received_at"],
+                       "claimed_at": claimed_at, "read_at": read_at},
         }
         if not result.ok:
             remove_quietly(data.overlay(item_id))

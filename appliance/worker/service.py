@@ -157,7 +157,10 @@ class Worker:
             if self.stop.is_set():
                 return
             try:
-                if ingest(path, self.config.hot_folder, store, self.data) is not None:
+                ready_at = time.time()
+                item_id = ingest(path, self.config.hot_folder, store, self.data)
+                if item_id is not None:
+                    self.reader.arrivals[item_id] = ready_at
                     self.reader.wake.set()
                 hot.taken(path)
             except FileChangedError:

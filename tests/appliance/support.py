@@ -179,18 +179,22 @@ def finished(config_path: Path) -> int:
 @contextmanager
 def kiosk_server(config):
     """The kiosk app served by waitress on a free loopback port, in a thread of this process."""
-    from waitress import create_server
+    from waitress import create_server, wasyncore
 
-    from hipcad.appliance.kiosk import create_app
+    from hipcad.appliance.kiosk import create_app, events
 
     app = create_app(config)
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    server = create_server(app, host="127.0.0.1", port=0, threads=config.kiosk_threads)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.close()
+        events.shutdown(app)  # the news streams end first
+        # the sockets are closed by the server's own thread (closed from here, its select() fails)
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(10)
+        server.task_dispatcher.shutdown()
 
 
 @contextmanager
