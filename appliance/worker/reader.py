@@ -135,7 +135,8 @@ class Reader:
         if outbox:
             self.forwarder.wake.set()
         verdicts = ", ".join(f"{s.side}: {s.words} ({s.probability:.2f})" for s in result.sides)
-        log.info("item %d read in %.0f ms: %s", item_id, result.timings_ms.get("total", 0.0), verdicts)
+        log.info("item %d read in %.0f ms (%.0f ms queued, %.0f ms to store): %s", item_id, result.timings_ms.get("total", 0.0),
+                 (claimed_at - item["received_at"]) * 1000.0, (time.time() - read_at) * 1000.0, verdicts)
         return backend
 
     def _quarantine(self, item, store: Store, reason: str, record: dict) -> None:

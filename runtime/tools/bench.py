@@ -274,12 +274,16 @@ def run_baseline(bundle, kinds, names, count, out, quiet) -> dict:
             "e2e_ms": pct(times["total"]), "stages_ms": {k: pct(v) for k, v in times.items() if k != "total"}}
 
 
+def identity_lines(model: dict, m: dict) -> list[str]:
+    """The first lines of a text report: which model on which machine, to compare two runs."""
+    return [f"model {model['name']} ({model['architecture']} {'x'.join(map(str, model['input_size']))}, {model['precision']}, "
+            f"onnx sha256 {model['onnx_sha256'][:12]}) on {model['backend']} ({model['device']})",
+            f"machine {m['host']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, load average "
+            f"{m['load_average_at_start']} at start, {m.get('load_average_at_end')} at end, {m['date']}"]
+
+
 def _summary(r: dict) -> str:
-    m, model = r["machine"], r["model"]
-    lines = [f"model {model['name']} ({model['architecture']} {'x'.join(map(str, model['input_size']))}, {model['precision']}, "
-             f"onnx sha256 {model['onnx_sha256'][:12]}) on {r['backend']} ({r['device']})",
-             f"machine {m['host']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, load average at start "
-             f"{m['load_average_at_start']}, {m['date']}",
+    lines = [*identity_lines(r["model"], r["machine"]),
              f"end to end per radiograph: p50 {r['e2e_ms']['p50']:.0f} ms, p95 {r['e2e_ms']['p95']:.0f} ms "
              f"(paper: {r['paper_ms']:.0f} ms; {r['vs_paper']}x faster)"]
     for stage, v in r["stages_ms"].items():

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.tools.bench import machine, missing_modules, model_identity, pct, positive_int
+from hipcad.runtime.tools.bench import identity_lines, machine, missing_modules, model_identity, pct, positive_int
 from hipcad.runtime.tools.bench_drops import DELIVERIES, WATCH_JS, Source, deliver
 
 NEEDS = {"flask": "flask", "waitress": "waitress", "watchdog": "watchdog", "playwright": "playwright"}
@@ -192,11 +192,7 @@ def aggregate(drops: list[dict], pairs: list[tuple[str, str]]) -> dict:
 
 
 def summary(r: dict) -> str:
-    m, model = r["machine"], r["model"]
-    lines = [f"model {model['name']} ({model['architecture']} {'x'.join(map(str, model['input_size']))}, "
-             f"onnx sha256 {model['onnx_sha256'][:12]}) on {model['backend']} ({model['device']}); settle_s {r['settle_s']}",
-             f"machine {m['host']}: {m['cpu']}, {m['cores']} cores, load average {m['load_average_at_start']} at start, "
-             f"{m['load_average_at_end']} at end, {m['date']}",
+    lines = [*identity_lines(r["model"], r["machine"]), f"worker settle_s {r['settle_s']}",
              "drop -> verdict on screen, ms          n   push p50   p95 | poll p50   p95 | worker p50  image p50"]
     for key, row in r["results"].items():
         push, poll = row["push"]["screen_ms"], row["poll"]["screen_ms"]
