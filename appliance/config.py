@@ -80,7 +80,8 @@ class Config:
     kiosk_trusted_hosts: list[str] = field(default_factory=list)  # Host names the kiosk answers to (+ loopback)
     kiosk_idle_timeout_s: float = 900.0  # a signed-in session ends after this long without activity
     kiosk_secret_key: str = ""  # empty: generated once and kept in data_dir/db/kiosk.secret
-    kiosk_threads: int = 4
+    kiosk_threads: int = 8  # cheroot's threads; each live screen's news stream holds one
+    kiosk_push_streams: int = 4  # news streams (Server-Sent Events) at once; more screens poll; 0: all poll
     heartbeat_stale_s: float = 30.0
     read_first: bool = False
     history_size: int = 50
@@ -160,6 +161,9 @@ class Config:
             raise ConfigError("max_attempts must be at least 1")
         if not 1 <= self.drift_window_days <= 56 or not 10 <= self.drift_recent <= 4000:
             raise ConfigError("drift_window_days must be between 1 and 56, drift_recent between 10 and 4000")
+        if self.kiosk_push_streams < 0 or self.kiosk_push_streams > self.kiosk_threads - 2:
+            raise ConfigError(f"kiosk_push_streams must be between 0 and kiosk_threads - 2 ({max(self.kiosk_threads - 2, 0)}): "
+                              "each news stream holds one of the kiosk's threads, and pages and images need two")
         if not 0 < self.kiosk_port < 65536 and self.kiosk_port != 0:
             raise ConfigError(f"kiosk_port {self.kiosk_port} is not a port number")
         if bool(self.kiosk_tls_cert) != bool(self.kiosk_tls_key):

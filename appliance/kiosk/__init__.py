@@ -3,9 +3,9 @@ backend or the inputs.
 
 :func:`create_app` is a Flask app factory as in Flask's tutorial: the configuration is set on the
 app and read back by the blueprints (:mod:`.pages`, :mod:`.readfirst`, :mod:`.api`,
-:mod:`.health`, :mod:`.prometheus`, :mod:`.admin`); :mod:`.security` and :mod:`.context` hook into it with
-``init_app``. No thread is started here; :mod:`.cli` serves the app with cheroot (HTTPS with
-``kiosk_tls_cert``).
+:mod:`.health`, :mod:`.events`, :mod:`.prometheus`, :mod:`.admin`); :mod:`.security`, :mod:`.context`
+and :mod:`.events` hook into it with ``init_app``. No thread is started here; :mod:`.cli` serves the
+app with cheroot (HTTPS with ``kiosk_tls_cert``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from flask import Flask, jsonify, render_template, request
 
 from hipcad.appliance.config import Config, load_config
-from hipcad.appliance.kiosk import admin, api, context, health, login, pages, prometheus, readfirst, security
+from hipcad.appliance.kiosk import admin, api, context, events, health, login, pages, prometheus, readfirst, security
 from hipcad.appliance.timefmt import clock, day
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.inference.verdict import score_words, threshold_words, verdict_words
@@ -39,7 +39,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.config[context.CONFIG_KEY] = config
     security.init_app(app, config)
     context.init_app(app)
-    for blueprint in (login.bp, pages.bp, readfirst.bp, api.bp, health.bp, prometheus.bp, admin.bp):
+    events.init_app(app)
+    for blueprint in (login.bp, pages.bp, readfirst.bp, api.bp, health.bp, events.bp, prometheus.bp, admin.bp):
         app.register_blueprint(blueprint)
     for code in (400, 404, 409):
         app.register_error_handler(code, _error_page)

@@ -13,7 +13,7 @@ import sys
 from flask import Flask
 
 from hipcad.appliance.config import Config, ConfigError, load_config
-from hipcad.appliance.kiosk import create_app
+from hipcad.appliance.kiosk import create_app, events
 from hipcad.appliance.logs import setup_service_logging
 
 log = logging.getLogger("hipcad.kiosk")
@@ -58,11 +58,18 @@ def serve(app: Flask, config: Config) -> None:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
+        events.shutdown(app)  # open news streams end first: their threads must not write into a stopped server
         server.stop()
 
 
 def _read_password(prompt: str) -> str:
     return getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+
+
+def _exit(app: Flask) -> None:
+    # news streams end first, or cheroot waits for their threads before it stops
+    events.stop(app)
+    sys.exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         app = create_app(config)
         setup_service_logging(config.log_level)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGTERM, lambda *_: _exit(app))
         serve(app, config)
     except ConfigError as err:
         print(f"hipcad kiosk: {err}", file=sys.stderr)

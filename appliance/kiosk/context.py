@@ -67,13 +67,14 @@ def row_or_404(item_id: int):
     return row
 
 
-def version(h: dict) -> str:
-    """Changes whenever anything on the page would: the live page polls it."""
+def version(h: dict, db: Store | None = None) -> str:
+    """Changes whenever anything on the page would: the live page is told of it (/api/events) or
+    polls it (/api/version). ``db``: a store outside a request (a news stream)."""
     keys = ",".join(b["key"] for b in views.banners(h))
     dicom = h["dicom"]
     listener = dicom["listener"]
     pacs = ",".join(f"{d['queue']}/{d['sent']}/{d['last_error_at']}" for d in dicom["destinations"])
-    return (f"{store().version()}|{keys}|{h['backend'].get('name')}|{h['queue']['queued'] + h['queue']['processing']}"
+    return (f"{(db or store()).version()}|{keys}|{h['backend'].get('name')}|{h['queue']['queued'] + h['queue']['processing']}"
             f"|{listener['up']}:{listener['received']}|{pacs}")
 
 
@@ -91,4 +92,5 @@ def page(template: str, **context):
     h = health()
     return render_template(template, health=h, banners=views.banners(h), version=version(h),
                            inference=views.inference_place(h["backend"]),
-                           read_first=config().read_first, reader=session.get("reader", ""), **context)
+                           read_first=config().read_first, reader=session.get("reader", ""),
+                           push=config().kiosk_push_streams > 0, **context)

@@ -33,7 +33,7 @@ CSP = ("default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self';
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 SQLITE_INT_MAX = 2**63 - 1
 OPEN_PATHS = ("/login", "/static/")
-POLL_PATHS = ("/api/version", "/api/health")  # background polling is not activity
+POLL_PATHS = ("/api/version", "/api/health", "/api/events")  # background polling and news are not activity
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 

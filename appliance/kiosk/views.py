@@ -48,6 +48,8 @@ def item_detail(row, cad_visible: bool = True) -> dict:
     record = json.loads(row["result_json"]) if row["result_json"] else {}
     view["metadata"] = record.get("metadata") or {}
     view["timings_ms"] = record.get("timings_ms") or {}
+    # where the time went, in seconds since the epoch (``hipcad bench --appliance``)
+    view["stamps"] = {**(record.get("stamps") or {}), "finished_at": row["finished_at"]}
     return view
 
 

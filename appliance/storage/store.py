@@ -323,6 +323,11 @@ class Store:
                                (limit,))
         return [r[0] for r in rows]
 
+    def data_version(self) -> int:
+        """SQLite's counter of commits by other connections (any process): a cheap "anything new?"
+        asked many times a second by the kiosk's news streams before they compute :meth:`version`."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def version(self) -> str:
         """Changes whenever an item is finished or added (for the kiosk's live update)."""
         row = self.db.execute("SELECT COALESCE(MAX(id), 0), COUNT(*), COALESCE(MAX(finished_at), 0) FROM items").fetchone()

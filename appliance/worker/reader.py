@@ -58,6 +58,9 @@ class Reader:
         self.fatal: str | None = None
         self.beat = time.monotonic()  # refreshed at every turn of the loop and every stage of an item
         self.pipeline: Pipeline | None = None
+        #: item id -> when the hot folder found its file complete (set by the main thread, taken
+        #: here): the first of the result record's ``stamps``
+        self.arrivals: dict[int, float] = {}
 
     @property
     def backend_info(self) -> dict:
@@ -111,6 +114,7 @@ class Reader:
 
     def _process(self, item, store: Store, backend):
         item_id, sha, data = item["id"], item["sha256"], self.data
+        claimed_at = time.time()
         if item["attempts"] > self.config.max_attempts:
             reason = f"the worker stopped {item['attempts'] - 1} times while reading this file"
             self._quarantine(item, store, reason, {})
@@ -120,6 +124,7 @@ class Reader:
         loaded = self.pipeline.load(data.spool(sha))
         self._mark("infer")
         result = self.pipeline.complete(loaded, data.overlay(item_id), both)
+        read_at = time.time()
         self._mark("write")
         if result.error_kind == "decoder":
             remove_quietly(*data.result_files(item_id))
@@ -141,8 +146,12 @@ class Reader:
             "sha256": sha,
             "file": item["name"],
             "received_at": item["received_at"],
-            "finished_at": time.time(),
+            "finished_at": read_at,
             **result.to_json(),
+            # when it became ready in the hot folder (absent for C-STORE and after a restart), was
+            # queued, taken by this thread and read: with the row's finished_at, where the time went
+            "stamps": {"ready_at": self.arrivals.pop(item_id, None), "received_at": item["received_at"],
+                       "claimed_at": claimed_at, "read_at": read_at},
         }
         if not result.ok:
             remove_quietly(data.overlay(item_id), data.overlay_all(item_id))
@@ -168,7 +177,8 @@ class Reader:
         if result.eligible is False:  # the names of the failed checks only: a reason may quote a DICOM value
             failed = [name for name, c in result.eligibility.get("checks", {}).items() if not c["passed"]]
             verdicts = f"not assessed (failed checks: {', '.join(failed)})" + (f"; {verdicts}" if verdicts else "")
-        log.info("item %d read in %.0f ms: %s", item_id, result.timings_ms.get("total", 0.0), verdicts)
+        log.info("item %d read in %.0f ms (%.0f ms queued, %.0f ms to store): %s", item_id, result.timings_ms.get("total", 0.0),
+                 (claimed_at - item["received_at"]) * 1000.0, (time.time() - read_at) * 1000.0, verdicts)
         return backend
 
     def _quarantine(self, item, store: Store, reason: str, record: dict) -> None:

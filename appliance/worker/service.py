@@ -187,7 +187,10 @@ class Worker:
             if self.stop.is_set() or self.signalled is not None or time.monotonic() - start >= TAKE_BUDGET_S:
                 return taken > 0
             try:
-                if ingest(path, self.config.hot_folder, store, self.data) is not None:
+                ready_at = time.time()
+                item_id = ingest(path, self.config.hot_folder, store, self.data)
+                if item_id is not None:
+                    self.reader.arrivals[item_id] = ready_at
                     self.reader.wake.set()
                 hot.taken(path)
                 taken += 1

@@ -54,3 +54,14 @@ def make_inputs(workdir: Path, seed: int = 2024) -> dict[str, Path | str]:
                 source.replace(path)
         out[name] = path
     return out
+
+
+def own_inputs(paths: list[str]) -> dict[str, Path | str]:
+    """The user's own radiographs as input kinds (``--inputs``), named by file; a missing file is
+    a kind skipped with the reason."""
+    out: dict[str, Path | str] = {}
+    for text in paths:
+        path = Path(text)
+        name = path.name if path.name not in out else str(path)
+        out[name] = path if path.is_file() else f"skipped: {text} is not a file"
+    return out

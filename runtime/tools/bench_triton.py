@@ -31,8 +31,6 @@ def add_arguments(parser) -> None:
                         help="with --triton: simulated boxes at once, one or more counts (default 1 4 8)")
     parser.add_argument("--per-client", type=int, default=10, metavar="K",
                         help="with --triton: radiographs each simulated box reads (default 10)")
-    parser.add_argument("--inputs", nargs="+", metavar="FILE", help="with --triton: the radiographs to read "
-                        "(default: the bench's, made in --workdir)")
     triton.add_arguments(parser, url_flags=("--triton", "--triton-url"))
 
 

@@ -212,16 +212,18 @@ def worker_in_thread(config, **kwargs):
 def kiosk_server(config):
     """The kiosk app served as ``hipcad kiosk`` serves it (cheroot; HTTPS with kiosk_tls_cert) on a free
     loopback port, in a thread of this process."""
-    from hipcad.appliance.kiosk import create_app
+    from hipcad.appliance.kiosk import create_app, events
     from hipcad.appliance.kiosk.cli import make_server, url_of
 
-    server = make_server(create_app(config), config, host="127.0.0.1", port=0)
+    app = create_app(config)
+    server = make_server(app, config, host="127.0.0.1", port=0)
     server.prepare()
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
         yield url_of(config, server).rstrip("/")
     finally:
+        events.shutdown(app)  # the news streams end first
         server.stop()
 
 

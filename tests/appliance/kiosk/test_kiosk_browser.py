@@ -40,6 +40,10 @@ def screenshot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
+# what the page announces (kiosk.js): how each piece of news reached it
+RECORD_NEWS = "window.__news = []; document.addEventListener('hipcad:news', e => window.__news.push(e.detail.via))"
+
+
 def test_live_update_and_read_first_in_a_browser(tmp_path, small_bundle, radiographs):
     playwright_api = pytest.importorskip("playwright.sync_api")
     config_path = write_config(tmp_path, small_bundle)
@@ -48,6 +52,7 @@ def test_live_update_and_read_first_in_a_browser(tmp_path, small_bundle, radiogr
     drop(radiographs[0], hot)
     with WorkerProcess(config_path), kiosk_server(config) as url, \
             kiosk_server(dataclasses.replace(config, read_first=True)) as reader_url, \
+            kiosk_server(dataclasses.replace(config, kiosk_push_streams=0)) as polling_url, \
             playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -58,10 +63,19 @@ def test_live_update_and_read_first_in_a_browser(tmp_path, small_bundle, radiogr
             page.goto(url + "/")
             page.wait_for_selector("section.study[data-id='1']")
             page.evaluate("window.__sameDocument = 'still here'")
+            page.evaluate(RECORD_NEWS)
+            # the fallback: a kiosk with push turned off (as one whose streams are all in use) polls
+            polling = browser.new_page()
+            polling.on("pageerror", lambda err: errors.append(str(err)))
+            polling.goto(polling_url + "/")
+            polling.evaluate(RECORD_NEWS)
             # a new radiograph arrives after the page loaded: it must appear without a reload
             drop(radiographs[1], hot)
             page.wait_for_selector("section.study[data-id='2']", timeout=30000)
             assert page.evaluate("window.__sameDocument") == "still here"
+            polling.wait_for_selector("section.study[data-id='2']", timeout=30000)
+            assert set(page.evaluate("window.__news")) == {"push"}, "the news must arrive pushed"
+            assert set(polling.evaluate("window.__news")) == {"poll"}
             card = page.inner_text("section.study[data-id='2']")
             assert "PATIENT RIGHT HIP" in card and "PATIENT LEFT HIP" in card
             assert ("FRACTURE SUSPECTED" in card) or ("no fracture detected" in card)
