@@ -1,6 +1,6 @@
 """``hipcad bench --appliance`` on a small model and small radiographs: every delivery reaches a
-real browser's screen, the news comes pushed (and polled on the kiosk with push off), and every stage
-of drop -> screen is accounted for. How long it takes is measured by the bench, not asserted here."""
+real browser's screen, the news comes pushed (and polled on the kiosk with push off), and drop ->
+screen stays within a generous bound (a regression guard, not a timing of the machine)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,17 @@ from hipcad.runtime.tools import bench_appliance
 from tests.appliance.support import radiographs, small_bundle  # noqa: F401 - fixtures
 
 SETTLE_S = 0.5
+#: what the box may add to the worker's own reading (decode ... overlay) before the verdict is on
+#: the screen, beyond settle_s: detection, intake, queue, store, push and render take ~0.2-0.4 s
+#: here. The bound catches a regression of the kind that costs seconds (a lost push falling back
+#: to 2 s polling on every drop, a worker loop that sleeps, a kiosk that stalls), with room for a
+#: shared 2-core CI machine that is busy elsewhere: it is not a timing of the machine.
+OVERHEAD_BOUND_MS = 8000.0
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 
 
-def test_every_drop_reaches_the_screen_with_its_stages(tmp_path, capsys, small_bundle, radiographs):
+def test_drop_to_screen_within_a_generous_bound(tmp_path, capsys, small_bundle, radiographs):
     pytest.importorskip("playwright.sync_api")
     import pydicom
 
@@ -37,7 +43,7 @@ def test_every_drop_reaches_the_screen_with_its_stages(tmp_path, capsys, small_b
         reading = sum(d[k] for k in ("decode", "preprocess", "inference", "postprocess", "overlay"))
         for page in ("push", "poll"):
             overhead = d[page]["screen_ms"] - reading
-            assert overhead > 0, (page, d)  # how long it takes is the bench's to say, not a test's
+            assert 0 < overhead <= SETTLE_S * 1000.0 + OVERHEAD_BOUND_MS, (page, d)
         assert d["push"]["via"] in ("push", None) and d["poll"]["via"] in ("poll", None), d
         if d["delivery"] != "cstore":  # the hot folder's part is measured (C-STORE has none)
             assert d["detect_settle"] >= 0 and d["intake"] >= 0, d
