@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from hipcad.runtime.inference.sides import SIDES
 from hipcad.runtime.model.reference import LOGIT_EDGES, N_BINS, bin_index, histogram, reference_logits
 
 log = logging.getLogger("hipcad.worker")
@@ -43,7 +44,6 @@ MIN_STUDIES = 30
 KEEP_DAYS = 400
 KEEP_RECENT = 20000  # ring rows kept
 BEFORE = 4  # the recent radiographs are compared with this many times as many before them
-SIDES = ("right", "left")
 ASSESSED, INELIGIBLE, UNREADABLE, WARNED = 0, 1, 2, 4  # a ring 'study' row: outcome, + WARNED
 TEST = (f"two-sample Kolmogorov-Smirnov test of the binned fracture log-odds against the bundle's reference; "
         f"shift when p < {ALPHA} with at least {MIN_HALVES} halves")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.tools import gpu_probe
 
 SCHEMA = "hipcad-gpu-check/1"
@@ -40,7 +41,7 @@ BUILDS = ("tensorrt", "onnxruntime-tensorrt")  # variants that may build an engi
 BUILD_RESERVE_S, RESERVE_S = 120.0, 20.0
 
 
-class NotMeasured(Exception):
+class NotMeasured(HipcadError):
     """A variant this machine cannot run (no GPU, a package missing, the budget spent)."""
 
 
