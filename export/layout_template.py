@@ -23,7 +23,8 @@ import numpy as np
 
 from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.inference.midline import find_midline
+from hipcad.runtime.inference.eligibility import content_checks
+from hipcad.runtime.inference.midline import Midline, midline_of
 from hipcad.runtime.inference.pelvis import correlation, layout_patch, load_template, pelvis_evidence
 from hipcad.runtime.model import intended_use as iu
 from hipcad.runtime.model.bundle import MANIFEST, load_bundle
@@ -41,23 +42,35 @@ class LayoutTemplateError(HipcadError):
     """Too few images to build a layout template from."""
 
 
+def is_pelvis(midline: Midline | None) -> bool:
+    """Whether an image passes the eligibility check's midline and anatomy (heads, shafts,
+    obturator foramina, symmetry) at hipcad's default thresholds: only such images go into a
+    template. The layout itself cannot be judged yet: it is what is being built."""
+    if midline is None or midline.confidence < iu.DEFAULT_INTENDED_USE["midline"]["refuse_below"]:
+        return False
+    _, reasons = content_checks(midline, iu.DEFAULT_INTENDED_USE["content"], template=None)
+    return not reasons
+
+
 def build(images: Iterable[np.ndarray], source: str, min_images: int = 20) -> tuple[dict, dict]:
-    """(template arrays, calibration) from 2-D uint8 radiographs (bone bright)."""
-    patches = []
+    """(template arrays, calibration) from 2-D uint8 radiographs (bone bright); images that are
+    not an AP pelvis with both hips (:func:`is_pelvis`) are left out and counted."""
+    patches, left_out = [], 0
     for pixels in images:
-        midline = find_midline(pixels)
-        evidence = pelvis_evidence(midline)
-        if evidence.get("found"):
-            patch = layout_patch(midline, evidence, U, V)
-            patches += [patch, patch[:, ::-1]]  # mirrored too: the template is symmetric
+        midline = midline_of(pixels)
+        if not is_pelvis(midline):
+            left_out += 1
+            continue
+        patch = layout_patch(midline, pelvis_evidence(midline), U, V)
+        patches += [patch, patch[:, ::-1]]  # mirrored too: the template is symmetric
     if len(patches) < 2 * min_images:
-        raise LayoutTemplateError(f"only {len(patches) // 2} image(s) showed two femoral heads; "
-                                  f"at least {min_images} are needed for a layout template")
+        raise LayoutTemplateError(f"only {len(patches) // 2} image(s) looked like an AP pelvis with both hips "
+                                  f"({left_out} left out); at least {min_images} are needed for a layout template")
     with warnings.catch_warnings():  # a cell outside every image's field stays NaN (correlation skips it)
         warnings.simplefilter("ignore", RuntimeWarning)
         template = np.nanmean(np.stack(patches), axis=0).astype(np.float32)
     scores = np.array([correlation(p, template)[0] for p in patches[::2]])
-    calibration = {"source": source, "images": len(patches) // 2, "built": time.strftime("%Y-%m-%d"),
+    calibration = {"source": source, "images": len(patches) // 2, "left_out": left_out, "built": time.strftime("%Y-%m-%d"),
                    "self_score_min": round(float(scores.min()), 4),
                    "self_score_p0_5": round(float(np.percentile(scores, 0.5)), 4)}
     calibration["min_layout_score"] = round(min(iu.DEFAULT_INTENDED_USE["content"]["min_layout_score"],

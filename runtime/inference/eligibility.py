@@ -114,6 +114,64 @@ class Eligibility:
         return {"reasons": self.reasons, "warnings": self.warnings, "checks": self.checks}
 
 
+def content_checks(midline: Midline, cc: dict, template: dict | None,
+                   image_left_is: str | None = None) -> tuple[dict, list[str]]:
+    """The content check of an AP pelvis about ``midline`` with the thresholds ``cc`` (the intended
+    use's ``content``): per sub-check ``(passed, value)``, and the reasons of those that failed. The
+    layout sub-check needs ``template``; without one it is left out (``hipcad layout-template`` uses
+    the rest to choose the images it builds a template from)."""
+    image_left_is = image_left_is or image_left_side(None)[0]
+    content_reasons: list[str] = []
+    ev = pelvis_evidence(midline, template)
+    sub: dict = {}
+    if not ev.get("found"):
+        content_reasons.append(f"no pelvis found ({ev.get('why', 'no content')})")
+    else:
+        S = float(midline.details.get("symmetry", 0.0))
+        sub["symmetry"] = (S >= cc["min_symmetry"], round(S, 3))
+        if not sub["symmetry"][0]:
+            content_reasons.append("the image has no left-right mirror symmetry, as an AP pelvis has")
+        hc = ev["head_contrast"]
+        rk = ev["head_brightness_rank"]
+        for side in ("image_left", "image_right"):
+            ok = hc[side] >= cc["min_head_contrast"] and rk[side] >= cc["min_head_brightness_rank"]
+            sub[f"head_{side}"] = (ok, {"contrast": round(hc[side], 3), "brightness_rank": round(rk[side], 3)})
+            if not ok:
+                content_reasons.append(f"no femoral head found on {_side_words(side, image_left_is)}")
+        mm, dh = ev["mirror_mismatch"], ev["height_difference"]
+        ok = mm <= cc["max_head_mirror_mismatch"] and dh <= cc["max_head_height_difference"]
+        sub["heads_mirrored"] = (ok, {"distance_mismatch": round(mm, 3), "height_difference": round(dh, 3)})
+        if not ok:
+            content_reasons.append("the two femoral-head candidates are not at mirrored positions about the midline")
+        sep, hgt = ev["separation"], ev["height"]
+        ok = cc["head_separation"][0] <= sep <= cc["head_separation"][1] and cc["head_height"][0] <= hgt <= cc["head_height"][1]
+        sub["heads_placed"] = (ok, {"separation": round(sep, 3), "height": round(hgt, 3)})
+        if not ok:
+            content_reasons.append("the femoral-head candidates are not where the hips of an AP pelvis are")
+        for side in ("image_left", "image_right"):
+            s = ev["shafts"][side]
+            lo, hi = cc["shaft_to_head_distance"]
+            ok = (s["contrast"] >= cc["min_shaft_contrast"] and lo <= s["distance_ratio"] <= hi
+                  and s["continuity"] >= cc["min_shaft_continuity"])
+            sub[f"shaft_{side}"] = (ok, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()})
+            if not ok:
+                content_reasons.append(f"no femoral shaft found below the hip on {_side_words(side, image_left_is)}")
+        ob = ev["obturator_contrast"]
+        ok = min(ob.values()) >= cc["min_obturator_contrast"]
+        sub["obturator_foramina"] = (ok, {k: round(v, 3) for k, v in ob.items()})
+        if not ok:
+            content_reasons.append("no obturator foramina (the two openings of the pelvic ring) found")
+        if template is not None:
+            ls, cov = ev["layout_score"], ev["layout_coverage"]
+            ok = ls >= cc["min_layout_score"] and cov >= cc["min_layout_coverage"]
+            sub["layout"] = (ok, {"score": round(ls, 3), "coverage": round(cov, 3)})
+            if not ok:
+                content_reasons.append(
+                    f"the overall picture does not match an AP pelvis (layout score {ls:.2f}, "
+                    f"at least {cc['min_layout_score']:.2f} needed)")
+    return sub, content_reasons
+
+
 def assess(radiograph: Radiograph, intended_use: dict, midline: Midline | None) -> Eligibility:
     """Eligibility of one decoded radiograph for the model's ``intended_use``.
 
@@ -262,57 +320,9 @@ def assess(radiograph: Radiograph, intended_use: dict, midline: Midline | None) 
         lo, hi = iu["aspect"]
         check("aspect", lo <= aspect <= hi, round(aspect, 2),
               f"the image's proportions ({aspect:.2f} wide per 1 high) do not fit an AP pelvis")
-    content_reasons: list[str] = []
     cc = iu["content"]
-    template = load_template(cc.get("layout_template"))
-    ev = pelvis_evidence(midline, template)
     image_left_is, _ = image_left_side(md.get("patient_orientation"))
-    sub: dict = {}
-    if not ev.get("found"):
-        content_reasons.append(f"no pelvis found ({ev.get('why', 'no content')})")
-    else:
-        S = float(det.get("symmetry", 0.0))
-        sub["symmetry"] = (S >= cc["min_symmetry"], round(S, 3))
-        if not sub["symmetry"][0]:
-            content_reasons.append("the image has no left-right mirror symmetry, as an AP pelvis has")
-        hc = ev["head_contrast"]
-        rk = ev["head_brightness_rank"]
-        for side in ("image_left", "image_right"):
-            ok = hc[side] >= cc["min_head_contrast"] and rk[side] >= cc["min_head_brightness_rank"]
-            sub[f"head_{side}"] = (ok, {"contrast": round(hc[side], 3), "brightness_rank": round(rk[side], 3)})
-            if not ok:
-                content_reasons.append(f"no femoral head found on {_side_words(side, image_left_is)}")
-        mm, dh = ev["mirror_mismatch"], ev["height_difference"]
-        ok = mm <= cc["max_head_mirror_mismatch"] and dh <= cc["max_head_height_difference"]
-        sub["heads_mirrored"] = (ok, {"distance_mismatch": round(mm, 3), "height_difference": round(dh, 3)})
-        if not ok:
-            content_reasons.append("the two femoral-head candidates are not at mirrored positions about the midline")
-        sep, hgt = ev["separation"], ev["height"]
-        ok = cc["head_separation"][0] <= sep <= cc["head_separation"][1] and cc["head_height"][0] <= hgt <= cc["head_height"][1]
-        sub["heads_placed"] = (ok, {"separation": round(sep, 3), "height": round(hgt, 3)})
-        if not ok:
-            content_reasons.append("the femoral-head candidates are not where the hips of an AP pelvis are")
-        for side in ("image_left", "image_right"):
-            s = ev["shafts"][side]
-            lo, hi = cc["shaft_to_head_distance"]
-            ok = (s["contrast"] >= cc["min_shaft_contrast"] and lo <= s["distance_ratio"] <= hi
-                  and s["continuity"] >= cc["min_shaft_continuity"])
-            sub[f"shaft_{side}"] = (ok, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()})
-            if not ok:
-                content_reasons.append(f"no femoral shaft found below the hip on {_side_words(side, image_left_is)}")
-        ob = ev["obturator_contrast"]
-        ok = min(ob.values()) >= cc["min_obturator_contrast"]
-        sub["obturator_foramina"] = (ok, {k: round(v, 3) for k, v in ob.items()})
-        if not ok:
-            content_reasons.append("no obturator foramina (the two openings of the pelvic ring) found")
-        if template is not None:
-            ls, cov = ev["layout_score"], ev["layout_coverage"]
-            ok = ls >= cc["min_layout_score"] and cov >= cc["min_layout_coverage"]
-            sub["layout"] = (ok, {"score": round(ls, 3), "coverage": round(cov, 3)})
-            if not ok:
-                content_reasons.append(
-                    f"the overall picture does not match an AP pelvis (layout score {ls:.2f}, "
-                    f"at least {cc['min_layout_score']:.2f} needed)")
+    sub, content_reasons = content_checks(midline, cc, load_template(cc.get("layout_template")), image_left_is)
     content_ok = not content_reasons
     checks["content"] = {
         "passed": content_ok,

@@ -49,6 +49,7 @@ WORK_WIDTH = 160
 SEARCH = (0.15, 0.85)  # fraction of the (field) width searched for the axis
 SPANS = (0.12, 0.22, 0.32)  # symmetry window half-widths, fraction of the width
 HEAD_RADII = (0.045, 0.06, 0.08, 0.10)  # femoral head radius, fraction of the width
+MIN_SEARCH_SIDE = 16  # an image smaller than this on a side has no midline to look for
 HEAD_ROWS = (0.20, 0.85)  # band of rows (fraction of the field height) where the heads are looked for
 HEAD_PAIR = (0.08, 0.40)  # distance of each head from the axis, fraction of the width
 SHAFT_ROWS = 0.25  # the lowest quarter of the field: femoral shafts
@@ -144,6 +145,11 @@ def _pair_max(profile: np.ndarray, rows: np.ndarray | None, q: np.ndarray, kmin:
     score = v[best, np.arange(q.size)]
     score = np.where(np.isfinite(score), score, 0.0)
     return score.astype(np.float32), ks[best]
+
+
+def midline_of(pixels: np.ndarray) -> "Midline | None":
+    """:func:`find_midline`, or None for an image too small to look at (under :data:`MIN_SEARCH_SIDE`)."""
+    return find_midline(pixels) if min(pixels.shape) >= MIN_SEARCH_SIDE else None
 
 
 def find_midline(pixels: np.ndarray) -> Midline:

@@ -15,7 +15,7 @@ from hipcad.runtime.imaging.isolation import InProcessDecoder
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.radiograph import Radiograph
 from hipcad.runtime.inference.eligibility import assess
-from hipcad.runtime.inference.midline import Midline, find_midline
+from hipcad.runtime.inference.midline import Midline, midline_of
 from hipcad.runtime.inference.overlay import MAX_SIDE, display_image, render, render_not_assessed, save_atomic
 from hipcad.runtime.inference.preprocess import Prepared, prepare
 from hipcad.runtime.inference.result import Result
@@ -24,7 +24,6 @@ from hipcad.runtime.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-MIN_SEARCH_SIDE = 16  # an image smaller than this on a side has no midline to look for
 
 
 class Pipeline:
@@ -84,7 +83,7 @@ class Pipeline:
             timings["decode"], t = _ms(start), time.perf_counter()
             result.patient = radiograph.patient
             result.warnings.extend(radiograph.warnings)
-            midline = find_midline(radiograph.pixels) if min(radiograph.pixels.shape) >= MIN_SEARCH_SIDE else None
+            midline = midline_of(radiograph.pixels)
             eligibility = assess(radiograph, self.intended_use, midline)
             result.eligible, result.eligibility = eligibility.eligible, eligibility.to_json()
             result.warnings.extend(eligibility.warnings)

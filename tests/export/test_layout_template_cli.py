@@ -121,7 +121,7 @@ def test_a_folder_without_usable_radiographs_is_refused_and_the_bundle_left_alon
     Image.fromarray(np.zeros((480, 640), np.uint8)).save(folder / "black.png")
     proc = run_cli("layout-template", str(bundle), str(folder), timeout=300)
     assert proc.returncode == 1
-    assert "hipcad layout-template: only 0 image(s) showed two femoral heads; at least 20 are needed" in proc.stderr
+    assert "hipcad layout-template: only 0 image(s) looked like an AP pelvis with both hips (2 left out); at least 20 are needed" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert snapshot(bundle) == before
     load_bundle(bundle)  # still the demo bundle, signed as shipped
@@ -133,6 +133,25 @@ def test_too_few_images_with_the_images_option_are_refused(tmp_path, phantoms):
     before = snapshot(bundle)
     proc = run_cli("layout-template", str(bundle), str(phantoms), "--images", "5", timeout=300)
     assert proc.returncode == 1
-    assert "only 5 image(s) showed two femoral heads; at least 20 are needed" in proc.stderr
+    assert "only 5 image(s) looked like an AP pelvis with both hips (0 left out); at least 20 are needed" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert snapshot(bundle) == before
+
+
+def test_non_pelvis_images_in_the_folder_are_left_out_not_averaged_in(tmp_path):
+    """Noise images among a site's pelves once passed as 'two femoral heads', went into the template
+    and dropped the minimum layout score below zero, which turned the layout check off."""
+    folder = tmp_path / "site"
+    proc = run_cli("synth", "--out", str(folder), "--count", "24", "--seed", str(SEED), "--size", "640x480",
+                   "--formats", "jpeg", "-q")
+    assert proc.returncode == 0, proc.stderr
+    rng = np.random.default_rng(1)
+    for i in range(3):  # three stray images that are not radiographs at all
+        Image.fromarray(rng.integers(0, 256, (480, 640), dtype=np.uint8)).save(folder / f"stray-{i}.png")
+    bundle = tmp_path / "demo-copy"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    proc = run_cli("layout-template", str(bundle), str(folder))
+    assert proc.returncode == 0, proc.stderr
+    content = json.loads((bundle / "manifest.json").read_text())["intended_use"]["content"]
+    assert content["layout_calibration"]["images"] == 24 and content["layout_calibration"]["left_out"] == 3
+    assert content["min_layout_score"] >= 0.4, content["layout_calibration"]

@@ -15,8 +15,7 @@ from PIL import Image
 
 from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.inference.eligibility import assess
-from hipcad.runtime.inference.midline import find_midline
-from hipcad.runtime.inference.pipeline import MIN_SEARCH_SIDE
+from hipcad.runtime.inference.midline import midline_of
 from hipcad.runtime.model.bundle import load_bundle
 from tests.helpers import phantom, run_cli, write_dicom
 from tests.runtime.inference import negatives
@@ -27,7 +26,7 @@ SEED = 61027  # fresh: not a tuning, training or evaluation seed of the project
 def judge(path):
     """The device's own decision for one file: decode as the pipeline does, find the midline, assess."""
     radiograph = decode(path, min_side=1024)
-    midline = find_midline(radiograph.pixels) if min(radiograph.pixels.shape) >= MIN_SEARCH_SIDE else None
+    midline = midline_of(radiograph.pixels)
     return assess(radiograph, load_bundle().intended_use, midline)
 
 
