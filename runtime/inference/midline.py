@@ -75,9 +75,6 @@ class Midline:
     confidence: float
     details: dict = field(default_factory=dict, repr=False)
 
-    def public_details(self) -> dict:
-        return {k: v for k, v in self.details.items() if not k.startswith("_")}
-
 
 def _small(pixels: np.ndarray) -> np.ndarray:
     rows, cols = pixels.shape
