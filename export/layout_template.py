@@ -27,9 +27,9 @@ from hipcad.runtime.inference.eligibility import content_checks
 from hipcad.runtime.inference.midline import Midline, midline_of
 from hipcad.runtime.inference.pelvis import correlation, layout_patch, load_template, pelvis_evidence
 from hipcad.runtime.model import intended_use as iu
-from hipcad.runtime.model.bundle import MANIFEST, load_bundle
+from hipcad.runtime.model.bundle import load_bundle
 from hipcad.runtime.model.files import sha256_file
-from hipcad.runtime.tools.signing import sign_if_configured
+from hipcad.runtime.tools.signing import rewrite_manifest
 
 U = np.arange(-2.0, 2.0001, 0.125, dtype=np.float32)  # across, in units of half the head distance
 V = np.arange(-2.0, 2.6001, 0.125, dtype=np.float32)  # down from the heads' level
@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = manifest.get("intended_use") or {}
         overrides = {k: v for k, v in entry.items() if k != "content"}
         manifest["intended_use"] = intended_use_entry(bundle.path, overrides, built)
-        atomic_write(bundle.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-        sign_if_configured(bundle.path)  # the manifest changed: its signature must be made again
+        rewrite_manifest(bundle.path, manifest)
     except HipcadError as err:
         print(f"hipcad layout-template: {err}", file=sys.stderr)
         return 1

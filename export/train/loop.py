@@ -3,7 +3,6 @@ the bundle exported with its history and figures."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -30,7 +29,6 @@ from hipcad.export.train.model import (
     predict_logits,
     predict_probs,
 )
-from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.evaluation.calibration import calibrated_manifest, convert_threshold, fit_calibration, summary
 from hipcad.runtime.evaluation.dataset import Dataset, load_dataset, split_by_patient
@@ -38,10 +36,9 @@ from hipcad.runtime.evaluation.stats import binary_metrics
 from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.inference.pipeline import min_decode_side
 from hipcad.runtime.inference.verdict import log_odds_probability
-from hipcad.runtime.model.bundle import MANIFEST
 from hipcad.runtime.model.notice import SYNTHETIC_DEMO
 from hipcad.runtime.model.reference import make_reference
-from hipcad.runtime.tools.signing import sign_if_configured
+from hipcad.runtime.tools.signing import rewrite_manifest
 
 
 def train(args) -> int:
@@ -205,8 +202,7 @@ def train(args) -> int:
         fitted_on = {"dataset": training["dataset"], "split": "validation", "radiographs": len(val_recs),
                      "halves": int(len(va.labels)), "fractured_halves": int(va.labels.sum()), "by": "hipcad train"}
         manifest = calibrated_manifest(manifest, fit, fitted_on, before, after)
-        atomic_write(Path(args.out) / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-        sign_if_configured(Path(args.out))  # the manifest changed: sign it again
+        rewrite_manifest(Path(args.out), manifest)
     v = figures["validation"]
     print(f"wrote {args.out}: best epoch {best['epoch']}, validation accuracy {v['accuracy']['value']:.3f}, "
           f"AUC {v['auc']['value']:.4f}"

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import HipcadError
 from hipcad.runtime.evaluation.calibration import METHODS, calibrated_manifest, fit_calibration, summary
 from hipcad.runtime.evaluation.dataset import load_dataset
 from hipcad.runtime.model.bundle import MANIFEST
 from hipcad.runtime.model.reference import make_reference
-from hipcad.runtime.tools.signing import sign_if_configured
+from hipcad.runtime.tools.signing import rewrite_manifest
 
 MIN_HALVES = 20  # per class: fewer cannot pin a calibration down
 
@@ -77,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     entry = manifest["calibration"]
     if not args.dry_run:
-        atomic_write(bundle.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-        sign_if_configured(bundle.path)  # the manifest changed: its old signature no longer matches
+        rewrite_manifest(bundle.path, manifest)
     if args.json:
         print(json.dumps(entry))
     else:

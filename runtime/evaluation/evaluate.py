@@ -43,7 +43,6 @@ from hipcad.runtime.evaluation.stats import (
 )
 from hipcad.runtime.evaluation.subgroups import subgroup_analysis
 from hipcad.runtime.inference.verdict import log_odds_probability
-from hipcad.runtime.model.bundle import MANIFEST
 
 #: Sato et al. 2021, "Artificial intelligence improves the accuracy of residents in the diagnosis of
 #: hip fractures: a multicenter study": EfficientNet-B4 on a test set of 1000 halves (500 fractured)
@@ -188,10 +187,9 @@ def write_operating_points(bundle, y, p, target_sens: float, target_spec: float,
         if select not in points:
             raise HipcadError(f"unknown operating point {select!r}; defined: {', '.join(points)}")
         manifest["operating_point"] = select
-    atomic_write(bundle.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-    from hipcad.runtime.tools.signing import sign_if_configured
+    from hipcad.runtime.tools.signing import rewrite_manifest
 
-    sign_if_configured(bundle.path)  # the manifest changed: its old signature no longer matches
+    rewrite_manifest(bundle.path, manifest)
     return points
 
 

@@ -82,6 +82,16 @@ def sign_if_configured(bundle: Path, shown_as: Path | None = None) -> dict | Non
     return record
 
 
+def rewrite_manifest(bundle: Path, manifest: dict) -> None:
+    """Replace an existing bundle's ``manifest.json`` (atomically) and sign the bundle again: its old
+    signature no longer matches (:func:`sign_if_configured`)."""
+    from hipcad.runtime.durable import atomic_write
+    from hipcad.runtime.model.bundle import MANIFEST
+
+    atomic_write(Path(bundle) / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    sign_if_configured(Path(bundle))
+
+
 def main_keygen(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hipcad keygen",
