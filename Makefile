@@ -8,20 +8,22 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # torch: the pinned release that lies on this workplace's disk (pip's constraint file points there)
 TORCH  := torch==2.14.1 torchvision==0.29.1
-# Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser)
-APT_PACKAGES := dcmtk libgdcm-tools chromium orthanc
+# Debian packages the tests drive as real peers (DICOM encoders/decoders, the kiosk's browser, the
+# systemd tools that check the units, openssl for the Triton TLS certificates)
+APT_PACKAGES := dcmtk libgdcm-tools chromium orthanc systemd openssl
 # The Triton server side (`hipcad serve` and the tests that start a real tritonserver) lives in a venv of
 # its own: NVIDIA PyTriton's Python backend needs numpy<2, the product venv has numpy 2 (opencv, via grad-cam).
 # It is made from the same base Python: the backend's stub links that interpreter's libpython3.X.so
 # (`hipcad serve --check` verifies it and the rest of the set-up).
 TRITON_VENV ?= .venv-triton
-# Debian's shared libpython (the stub's), where the base Python is Debian's
-APT_PACKAGES += $(shell test -x /usr/bin/python3.11 && echo libpython3.11)
+# Where the base Python is Debian's: its venv module (ensurepip) and its shared libpython (the stub's).
+# Installed before any venv is made (base-deps); `make test` installs the peers above as well.
+BASE_APT_PACKAGES := $(shell test -x /usr/bin/python3.11 && echo python3.11-venv libpython3.11)
 
-.PHONY: setup triton-env system-deps demo test gpu-check demo-model sign-demo-model demo-eval lock sbom clean \
+.PHONY: setup triton-env base-deps system-deps demo test gpu-check demo-model sign-demo-model demo-eval lock sbom clean \
   fuzz-seeds fuzz-regress fuzz-ci fuzz fuzz-atheris
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile | base-deps
 	$(BASE_PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
@@ -30,7 +32,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
-$(TRITON_VENV)/.installed: pyproject.toml Makefile
+$(TRITON_VENV)/.installed: pyproject.toml Makefile | base-deps
 	rm -rf $(TRITON_VENV)
 	$(BASE_PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
@@ -40,13 +42,21 @@ $(TRITON_VENV)/.installed: pyproject.toml Makefile
 
 triton-env: $(TRITON_VENV)/.installed
 
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# apt-get install what of $(1) is not installed yet (as root, else through sudo)
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+base-deps:
+	$(call apt_install,$(BASE_APT_PACKAGES))
+
+system-deps: base-deps
+	$(call apt_install,$(APT_PACKAGES))
 
 # worker + kiosk on the bundled demo model, a temporary hot folder, sample radiographs copied in
 demo: setup
