@@ -85,9 +85,8 @@ def score_dataset(pipeline, dataset, progress: bool = True) -> tuple[list[dict],
         if not result.ok:
             failures.append({"file": rec.file, "error": result.error})
             continue
-        record = result.to_json()
-        if not record.get("eligible", True):
-            reasons = (record.get("eligibility") or {}).get("reasons") or ["not eligible"]
+        if not result.eligible:
+            reasons = (result.eligibility or {}).get("reasons") or ["not eligible"]
             not_assessed.append({"file": rec.file, "reasons": list(reasons)})
             continue
         for side in result.sides:
@@ -128,10 +127,11 @@ def operating_point_table(bundle, y: np.ndarray, p: np.ndarray, ci_method: str =
     out = {}
     for name, point in (bundle.manifest.get("operating_points") or {}).items():
         threshold = float(point["threshold"])
-        rates = rates_from_confusion(**confusion_counts(y, p >= threshold), ci_method=ci_method)
+        confusion = confusion_counts(y, p >= threshold)
+        rates = rates_from_confusion(**confusion, ci_method=ci_method)
         out[name] = {"threshold": threshold, "in_use": name == bundle.operating_point,
                      "sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
-                     "confusion": confusion_counts(y, p >= threshold),
+                     "confusion": confusion,
                      **{k: point[k] for k in ("target", "chosen_on", "description") if k in point}}
     return out
 
@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                 write_operating_points(bundle, y, p, args.target_sensitivity, args.target_specificity,
                                        Path(args.dataset).name, args.select)
                 bundle = load_bundle(bundle.path)
+                pipeline = Pipeline(bundle, backend)  # the report's thumbnails show the verdicts of the point now in use
+                for r in rows:  # as the verdict code calls a half (verdict.side_verdicts), at the new threshold
+                    r["predicted"] = int(r["probability"] >= bundle.threshold)
             report = build_report(bundle, dataset, args.dataset, rows, failures, not_assessed, strata=strata,
                                   ci_method=args.ci)
             if args.out:

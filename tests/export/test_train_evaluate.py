@@ -132,6 +132,10 @@ def test_operating_points_are_written_and_used(trained_bundle, small_dataset, tm
     point = manifest["operating_points"]["high_sensitivity"]
     assert manifest["operating_point"] == "high_sensitivity" and point["achieved"]["sensitivity"] >= 0.9
     assert "high_specificity" in manifest["operating_points"]
+    report = json.loads(proc.stdout)  # made at the selected point: its misclassified halves are its confusion's
+    c = report["confusion"]
+    assert report["threshold"] == pytest.approx(point["threshold"])
+    assert report["n_misclassified"] == c["fp"] + c["fn"]
     proc = run_cli("predict", str(next(small_dataset.glob("*.jpg"))), "--model", str(bundle), "--json")
     result = json.loads(proc.stdout)
     assert result["model"]["operating_point"] == "high_sensitivity"
