@@ -166,7 +166,11 @@ def answer(decode, job: dict, memory_mb: int) -> tuple[dict, memoryview | None]:
         return _ok(radiograph)
     except HipcadError as err:
         known = next(c.__name__ for c in type(err).__mro__ if c.__module__ == BadInputError.__module__)
-        return {"ok": False, "error": known, "message": str(err), "leaving": False}, None
+        # the decoder turns a codec's panic or MemoryError into a HipcadError (``raise ... from err``):
+        # this process goes all the same, as below
+        cause = err.__cause__
+        leaving = isinstance(cause, MemoryError) or (cause is not None and not isinstance(cause, Exception))
+        return {"ok": False, "error": known, "message": str(err), "leaving": leaving}, None
     except MemoryError:  # a codec that hit the limit may keep what it took: this process goes
         return {"ok": False, "error": "InputTooLargeError", "leaving": True,
                 "message": f"decoding needs more than the memory limit of {memory_mb} MB"}, None

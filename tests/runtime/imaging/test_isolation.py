@@ -81,6 +81,19 @@ def test_a_crash_costs_one_file(pool, files, name, message):
     good(pool, files)
 
 
+def test_a_codec_panic_inside_the_real_decoder_replaces_the_process(pool, files):
+    """The real decoder turns pylibjpeg-rle's PanicException into a BadInputError (``from`` it): the
+    file is refused as before and the process that panicked does not decode the next file."""
+    good(pool, files)
+    before = pool.pids()
+    with pytest.raises(BadInputError, match=r"cannot decode RLE Lossless pixel data: the decoder failed "
+                                            r"\(PanicException: index out of bounds"):
+        pool.decode(files / "rle_panic.dcm")
+    good(pool, files)
+    after = pool.pids()
+    assert before and after and not set(before) & set(after)
+
+
 @pytest.mark.parametrize("name", ["hang.bin", "spin.bin"])
 def test_a_hang_is_stopped_at_the_timeout(pool, files, name):
     start = time.monotonic()
