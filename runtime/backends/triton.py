@@ -194,8 +194,7 @@ class TritonBackend(Backend):
         params = {k[len(PARAM_PREFIX):]: (v or {}).get("string_value")
                   for k, v in (config.get("parameters") or {}).items() if k.startswith(PARAM_PREFIX)}
         self.served = dict(params)
-        wanted = {"onnx_sha256": self.bundle.onnx_sha256, "name": self.bundle.name,
-                  "operating_point": self.bundle.operating_point}
+        wanted = {k: getattr(self.bundle, k) for k in IDENTITY_KEYS}
         wrong = [f"{k} {params.get(k)!r} (this box: {v!r})" for k, v in wanted.items() if params.get(k) != v]
         if wrong:
             raise ModelIdentityError(f"Triton model {self.model!r} at {self.address} is not this box's model "

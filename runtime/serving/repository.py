@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hipcad.runtime.backends.triton import PARAM_PREFIX, identity_parameters, model_name_for
+from hipcad.runtime.backends.triton import IDENTITY_KEYS, PARAM_PREFIX, identity_parameters, model_name_for
 from hipcad.runtime.errors import HipcadError
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def validate(text: str):
         problems.append("the outputs must be logits and cam, TYPE_FP32")
     if any(group.count < 1 for group in config.instance_group):
         problems.append("an instance group needs a count of at least 1")
-    missing = [k for k in ("onnx_sha256", "name", "operating_point") if PARAM_PREFIX + k not in config.parameters]
+    missing = [k for k in IDENTITY_KEYS if PARAM_PREFIX + k not in config.parameters]
     if missing:
         problems.append(f"identity parameters missing: {', '.join(missing)}")
     if problems:
@@ -147,8 +147,9 @@ def validate(text: str):
 
 
 def find_plan(bundle: "Bundle", plan: str | Path | None = None, cache_dir: str | Path | None = None,
-              gpu: str | None = None, tensorrt: str | None = None) -> tuple[Path, dict]:
-    """The TensorRT plan ``hipcad build-engine`` made for this bundle, with its sidecar record.
+              gpu: str | None = None, tensorrt: str | None = None) -> tuple[Path, dict, bytes]:
+    """The TensorRT plan ``hipcad build-engine`` made for this bundle, its sidecar record and its
+    bytes as checked (the repository gets exactly those).
 
     ``plan`` names one; otherwise the plan caches of the bundle are searched and exactly one plan
     (after the ``gpu`` and ``tensorrt`` filters) must match. The plan's bytes and sidecar are checked
@@ -174,11 +175,11 @@ def find_plan(bundle: "Bundle", plan: str | Path | None = None, cache_dir: str |
         if (gpu and key.gpu_name != gpu) or (tensorrt and key.tensorrt != tensorrt):
             continue
         try:
-            plan_cache.read_plan(path, key, record.get("tensorrt_built", key.tensorrt))
+            data, record = plan_cache.read_plan(path, key, record.get("tensorrt_built", key.tensorrt))
         except plan_cache.PlanCacheError as err:
             problems.append(str(err))
             continue
-        found.append((path, record))
+        found.append((path, record, data))
     if len(found) == 1:
         return found[0]
     where = str(plan) if plan else ", ".join(str(d) for d in plan_cache.plan_dirs(bundle, cache_dir))
@@ -188,7 +189,7 @@ def find_plan(bundle: "Bundle", plan: str | Path | None = None, cache_dir: str |
                               + ": build one on the server's GPU with the server's TensorRT version "
                               "(`hipcad build-engine BUNDLE --max-batch 8`), or pass --plan")
     listed = "; ".join(f"{p.name}: {r['key']['gpu_name']}, TensorRT {r['key']['tensorrt']}, {r['key']['precision']}"
-                       for p, r in found)
+                       for p, r, _ in found)
     raise RepositoryError(f"several TensorRT plans for {bundle.name} ({listed}): choose with --gpu / --tensorrt or --plan")
 
 
@@ -202,7 +203,7 @@ def write_repository(bundle: "Bundle", out: str | Path, platform: str = "python"
 
     source = None
     if platform == "tensorrt":
-        source, record = find_plan(bundle, plan, cache_dir, gpu, tensorrt)
+        source, record, plan_bytes = find_plan(bundle, plan, cache_dir, gpu, tensorrt)
         key = record["key"]
         plan_max = int(key["max_batch"])
         options.setdefault("max_batch", plan_max)
@@ -227,7 +228,7 @@ def write_repository(bundle: "Bundle", out: str | Path, platform: str = "python"
         if platform == "python":
             shutil.copyfile(MODEL_PY, version / "model.py")
         if platform == "tensorrt":
-            shutil.copyfile(source, version / "model.plan")
+            (version / "model.plan").write_bytes(plan_bytes)  # the bytes checked against the sidecar
     return model_dir
 
 
