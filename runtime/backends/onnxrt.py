@@ -13,6 +13,7 @@ time in any one environment", ONNX Runtime's install guide), so this backend ref
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -35,13 +36,16 @@ ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-dire
 TRUE = ("1", "true", "True")
 
 
-def installed_onnxruntime_distributions() -> list[str]:
+@functools.cache
+def installed_onnxruntime_distributions() -> tuple[str, ...]:
+    """What installs the ``onnxruntime`` module here (a scan of every installed distribution, ~40 ms:
+    once per process; what is installed does not change while it runs)."""
     found = set()
     for dist in importlib.metadata.distributions():
         name = re.sub(r"[-_.]+", "-", dist.metadata.get("Name") or "").lower()
         if name in ONNXRUNTIME_DISTRIBUTIONS:
             found.add(name)
-    return sorted(found)
+    return tuple(sorted(found))
 
 
 class OnnxRuntimeBackend(Backend):

@@ -295,12 +295,18 @@ def test_both_onnxruntime_packages_in_one_environment_are_refused(monkeypatch):
     def dists(*names):
         return lambda: [types.SimpleNamespace(metadata={"Name": name}) for name in names]
 
-    monkeypatch.setattr(importlib.metadata, "distributions", dists("numpy", "onnxruntime_gpu", "onnxruntime"))
-    assert installed_onnxruntime_distributions() == ["onnxruntime", "onnxruntime-gpu"]
-    ok, why = onnxrt.OnnxRuntimeBackend.availability()
-    assert not ok and "pip uninstall -y onnxruntime onnxruntime-gpu" in why
-    monkeypatch.setattr(importlib.metadata, "distributions", dists("numpy", "onnxruntime-gpu"))
-    assert onnxrt.OnnxRuntimeBackend.availability() == (True, "")
+    scan = installed_onnxruntime_distributions  # cached per process: each environment below is scanned afresh
+    try:
+        scan.cache_clear()
+        monkeypatch.setattr(importlib.metadata, "distributions", dists("numpy", "onnxruntime_gpu", "onnxruntime"))
+        assert scan() == ("onnxruntime", "onnxruntime-gpu")
+        ok, why = onnxrt.OnnxRuntimeBackend.availability()
+        assert not ok and "pip uninstall -y onnxruntime onnxruntime-gpu" in why
+        scan.cache_clear()
+        monkeypatch.setattr(importlib.metadata, "distributions", dists("numpy", "onnxruntime-gpu"))
+        assert onnxrt.OnnxRuntimeBackend.availability() == (True, "")
+    finally:
+        scan.cache_clear()  # the real environment again for the tests after this one
 
 
 def test_this_environment_has_one_onnxruntime():
