@@ -24,6 +24,7 @@ from hipcad.runtime.inference.verdict import score_words, threshold_words, verdi
 def create_app(config: Config | None = None) -> Flask:
     config = config or load_config()
     security.require_safe_bind(config)
+    bundle = _bundle_from_config(config)
     # instance_path given: Flask's search for one fails for a package mapped by package-dir (editable
     # installs); the kiosk keeps its state in the data folder
     app = Flask(__name__, instance_path=str(Path(config.data_dir).resolve()))
@@ -34,9 +35,10 @@ def create_app(config: Config | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="hipcad_session",
         MAX_CONTENT_LENGTH=64 * 1024,
-        HIPCAD_MODEL=_model_from_config(config),
+        HIPCAD_MODEL=_describe(bundle),
     )
     app.config[context.CONFIG_KEY] = config
+    app.extensions[context.BUNDLE_KEY] = bundle
     security.init_app(app, config)
     context.init_app(app)
     events.init_app(app)
@@ -59,11 +61,20 @@ def _error_page(err):
     return render_template("error.html", error=err), err.code
 
 
-def _model_from_config(config: Config) -> dict | None:
-    """The configured model's description (manifest only), for the banner before the worker ran."""
+def _bundle_from_config(config: Config):
+    """The configured model bundle (its manifest only), checked against the configured trust, loaded
+    once for the app (:func:`context.bundle`: drift page, /metrics), or None when it cannot be read."""
     try:
         from hipcad.runtime.model.bundle import load_bundle
 
-        return load_bundle(config.model or None, config.trust()).describe()
+        return load_bundle(config.model or None, config.trust())
+    except HipcadError:
+        return None
+
+
+def _describe(bundle) -> dict | None:
+    """The configured model's description, for the banner before the worker ran."""
+    try:
+        return bundle.describe() if bundle is not None else None
     except HipcadError:
         return None

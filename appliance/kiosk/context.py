@@ -13,6 +13,7 @@ from hipcad.appliance.storage.files import DataDir
 from hipcad.appliance.storage.store import Store
 
 CONFIG_KEY = "HIPCAD"
+BUNDLE_KEY = "hipcad.bundle"  # app.extensions: the configured bundle, loaded once by create_app
 
 
 def config() -> Config:
@@ -40,16 +41,9 @@ def init_app(app) -> None:
 
 
 def bundle():
-    """The configured model bundle (its manifest only), or None when it cannot be read."""
-    if "bundle" not in g:
-        from hipcad.runtime.errors import HipcadError
-        from hipcad.runtime.model.bundle import load_bundle
-
-        try:
-            g.bundle = load_bundle(config().model or None)
-        except HipcadError:
-            g.bundle = None
-    return g.bundle
+    """The configured model bundle (its manifest only, loaded with the configured trust when the app
+    was made), or None when it cannot be read."""
+    return current_app.extensions.get(BUNDLE_KEY)
 
 
 def health() -> dict:

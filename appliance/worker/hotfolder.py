@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload", "~")
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 TRUSTED, FOUND, MODIFIED = "trusted", "found", "modified"
+_NOT_SCANNED = object()  # no /proc scan in this pass yet
 EVENTS = (FileClosedEvent, FileMovedEvent, DirMovedEvent, FileCreatedEvent, DirCreatedEvent, FileModifiedEvent)
 
 
@@ -198,7 +199,7 @@ class HotFolder:
         now = time.monotonic() if now is None else now
         self._drain(now)
         ready: list[Path] = []
-        scan = None
+        scan = _NOT_SCANNED  # at most one /proc scan per pass, reliable or not
         for path, c in list(self._pending.items()):
             if len(ready) >= limit:
                 break
@@ -208,7 +209,7 @@ class HotFolder:
                 continue
             verdict = lease_probe(path)
             if verdict is None:
-                if scan is None:
+                if scan is _NOT_SCANNED:
                     scan = self._scan()
                 verdict = self._scan_verdict(path, scan)
             else:
@@ -265,14 +266,14 @@ class HotFolder:
         return True
 
     def _scan(self):
-        """One /proc scan for this pass, or None where it cannot be relied on."""
+        """One /proc scan for this pass (None in polling mode); :meth:`_scan_verdict` decides
+        whether it can be relied on."""
         if self.polling:
             return None  # a network share: its writers are on other machines
-        result = self._proc.scan()
-        return None if result.unreadable else result
+        return self._proc.scan()
 
     def _scan_verdict(self, path: Path, scan) -> bool | None:
-        if scan is None:
+        if scan is None or not scan.reliable:  # polling, or /proc could not show every process
             self.writer_check = "none"
             return None
         self.writer_check = "proc"

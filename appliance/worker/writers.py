@@ -8,8 +8,9 @@ answer stays true until it is in the spool.
   and the lease shows the pending break (``F_GETLEASE``).
 * ``/proc/*/fd`` (:class:`ProcScan`), where the lease cannot tell: the files under the hot folder
   that a process has open with write access. It sees other users' processes only with
-  CAP_SYS_PTRACE; it says how many it could not look into, so that "no writer" is trusted only when
-  it saw everyone.
+  CAP_SYS_PTRACE; it says how many it could not look into, and whether ``/proc`` is mounted with
+  ``hidepid`` (systemd's ``ProtectProc=``: other users' processes are then simply absent), so that
+  "no writer" is trusted only when it saw everyone (:attr:`ScanResult.reliable`).
 
 Neither sees a writer on another machine (an NFS or SMB client writing into a share this box
 mounts): there only a quiet period helps (:mod:`.hotfolder`).
@@ -73,16 +74,55 @@ def lease_probe(path) -> bool | None:
 class ScanResult:
     writing: set = field(default_factory=set)  # (st_dev, st_ino) open for writing under the folder
     unreadable: int = 0  # processes whose descriptors could not be read
+    hidden: bool = False  # /proc hides other users' processes (hidepid), or whether it does is unknown
+
+    @property
+    def reliable(self) -> bool:
+        """It saw every process: "no writer" can be trusted."""
+        return not self.unreadable and not self.hidden
+
+
+#: hidepid values under which every process is listed (``0``, or ``off`` since Linux 5.8)
+_HIDEPID_OFF = ("0", "off")
+
+
+def proc_hides_processes(mountinfo: str) -> bool:
+    """Whether the ``/proc`` mount described in ``mountinfo`` (the text of /proc/self/mountinfo) may
+    hide other users' processes: a ``hidepid`` super option other than 0/off (1/noaccess,
+    2/invisible, 4/ptraceable), or no procfs found at /proc (cannot tell)."""
+    options = None
+    for line in mountinfo.splitlines():
+        mount, sep, tail = line.partition(" - ")
+        fields = mount.split()
+        if not sep or len(fields) < 5 or fields[4] != "/proc":
+            continue
+        tail_fields = tail.split()
+        # the last mount at /proc is the one on top; one that is not procfs cannot be vouched for
+        options = tail_fields[2].split(",") if len(tail_fields) >= 3 and tail_fields[0] == "proc" else None
+    if options is None:
+        return True
+    values = [opt.partition("=")[2] for opt in options if opt.startswith("hidepid=")]
+    return any(value not in _HIDEPID_OFF for value in values)
 
 
 class ProcScan:
     """One pass over /proc/*/fd: which files under ``root`` some process has open for writing."""
 
+    #: where the /proc mount's options are read (a test points it elsewhere)
+    mountinfo = "/proc/self/mountinfo"
+
     def __init__(self, root) -> None:
         self.prefix = os.path.realpath(root).rstrip("/") + "/"
 
+    def _hidden(self) -> bool:
+        try:
+            with open(self.mountinfo, encoding="utf-8", errors="surrogateescape") as fh:
+                return proc_hides_processes(fh.read())
+        except OSError:
+            return True  # cannot tell: not trusted
+
     def scan(self) -> ScanResult:
-        result = ScanResult()
+        result = ScanResult(hidden=self._hidden())
         try:
             pids = [name for name in os.listdir("/proc") if name.isdigit()]
         except OSError:

@@ -189,6 +189,29 @@ def test_drift_page_needs_a_model_and_says_what_it_lacks(tmp_path):
     assert 'hipcad_drift_shift{window="14d",side="left"} 0' in client.get("/metrics").get_data(as_text=True)
 
 
+def test_drift_uses_the_bundle_loaded_once_with_the_configured_trust(tmp_path, monkeypatch):
+    """The bundle of /admin/drift and /metrics is the one create_app loaded, under the config's
+    trust (trusted_keys, trust_demo_key, allow_unsigned_bundles), not the environment's."""
+    import shutil
+
+    from hipcad.runtime.model import bundle as bundle_module
+
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(bundle_module.DEFAULT_BUNDLE, unsigned)
+    (unsigned / "manifest.sig").unlink()
+    monkeypatch.delenv("HIPCAD_ALLOW_UNSIGNED_BUNDLES", raising=False)
+    client = create_app(make_config(tmp_path / "a", model=str(unsigned), allow_unsigned_bundles=True)).test_client()
+    monkeypatch.setattr(bundle_module, "load_bundle", lambda *a, **k: pytest.fail("loaded again per request"))
+    for _ in range(2):
+        assert client.get("/admin/drift").status_code == 200
+        assert client.get("/api/drift").status_code == 200
+        assert "hipcad_drift_shift{" in client.get("/metrics").get_data(as_text=True)
+    monkeypatch.undo()
+    refused = create_app(make_config(tmp_path / "b", model="", trust_demo_key=False)).test_client()
+    assert refused.get("/admin/drift").status_code == 404  # the demo bundle, its key not trusted here
+    assert "hipcad_drift_shift{" not in refused.get("/metrics").get_data(as_text=True)
+
+
 def test_health_metrics_and_worker_down_banner(tmp_path):
     config = make_config(tmp_path)
     populate(config)

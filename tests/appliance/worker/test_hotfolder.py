@@ -19,7 +19,14 @@ from hipcad.appliance.storage.store import Store
 from hipcad.appliance.worker import hotfolder as hotfolder_module
 from hipcad.appliance.worker.hotfolder import HotFolder
 from hipcad.appliance.worker.intake import admit, ingest, peek_sop_uid
-from hipcad.appliance.worker.writers import ProcScan, StillOpenError, Taking, lease_probe
+from hipcad.appliance.worker.writers import (
+    ProcScan,
+    ScanResult,
+    StillOpenError,
+    Taking,
+    lease_probe,
+    proc_hides_processes,
+)
 from tests.appliance.support import wait_for
 from tests.fuzz import cases
 from tests.helpers import write_dicom
@@ -98,7 +105,7 @@ def test_without_a_writer_check_only_the_quiet_period_vouches(tmp_path, monkeypa
 
 
 def test_the_proc_scan_answers_where_the_lease_cannot(hot, monkeypatch):
-    if ProcScan(hot.root).scan().unreadable:
+    if not ProcScan(hot.root).scan().reliable:
         pytest.skip("other users' processes are hidden here: the /proc scan is not trusted (the quiet period is)")
     monkeypatch.setattr(hotfolder_module, "lease_probe", lambda path: None)
     path = hot.root / "held.dcm"
@@ -109,6 +116,73 @@ def test_the_proc_scan_answers_where_the_lease_cannot(hot, monkeypatch):
         assert not taken_within(hot, path, 1.0)
         assert hot.writer_check == "proc"
     assert taken_within(hot, path, 5.0)
+
+
+MOUNTINFO = """\
+21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+22 21 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw{options}
+23 21 0:5 / /dev rw,nosuid shared:2 - devtmpfs udev rw,size=8g
+"""
+
+
+@pytest.mark.parametrize("options, hidden", [
+    ("", False), (",hidepid=0", False), (",hidepid=off", False), (",subset=pid", False),
+    (",hidepid=1", True), (",hidepid=2", True), (",hidepid=invisible", True), (",hidepid=noaccess", True),
+    (",hidepid=ptraceable", True), (",hidepid=4", True), (",gid=100,hidepid=invisible", True),
+])
+def test_a_proc_mounted_with_hidepid_hides_other_users(options, hidden):
+    assert proc_hides_processes(MOUNTINFO.format(options=options)) is hidden
+
+
+def test_the_top_proc_mount_counts_and_none_found_cannot_vouch():
+    stacked = MOUNTINFO.format(options="") + "99 22 0:60 / /proc rw,relatime - proc proc rw,hidepid=invisible\n"
+    assert proc_hides_processes(stacked)  # what systemd's ProtectProc= mounts over the host's /proc
+    assert proc_hides_processes("21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
+    assert proc_hides_processes("")
+
+
+def test_a_scan_under_hidepid_is_not_trusted(tmp_path, monkeypatch):
+    """ProtectProc=invisible (the shipped worker unit): other users' writers are absent from /proc,
+    so a scan that found no writer cannot vouch; the file waits for quiet_s."""
+    mountinfo = tmp_path / "mountinfo"
+    monkeypatch.setattr(ProcScan, "mountinfo", str(mountinfo))
+    mountinfo.write_text(MOUNTINFO.format(options=",hidepid=invisible"))
+    scan = ProcScan(tmp_path).scan()
+    assert scan.hidden and not scan.reliable
+    mountinfo.write_text(MOUNTINFO.format(options=",hidepid=0"))
+    assert not ProcScan(tmp_path).scan().hidden
+    mountinfo.unlink()
+    assert ProcScan(tmp_path).scan().hidden  # cannot tell: not trusted
+
+    monkeypatch.setattr(hotfolder_module, "lease_probe", lambda path: None)  # not the owner, no CAP_LEASE
+    mountinfo.write_text(MOUNTINFO.format(options=",hidepid=invisible"))
+    hot = HotFolder(tmp_path / "hot", settle_s=0.3, quiet_s=3.0)  # no observer: the file is found by a rescan
+    path = hot.root / "other-user.dcm"
+    path.parent.mkdir()
+    path.write_bytes(b"x" * 1000)
+    hot.rescan()
+    assert not taken_within(hot, path, 1.5)  # settle_s passed, quiet_s (3 s) not yet
+    assert hot.writer_check == "none"
+    assert taken_within(hot, path, 5.0)
+
+
+def test_an_unreliable_scan_is_made_once_per_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(hotfolder_module, "lease_probe", lambda path: None)
+    hot = HotFolder(tmp_path / "hot", settle_s=0.0, quiet_s=60.0)
+    calls = []
+
+    def scan():
+        calls.append(1)
+        return ScanResult(unreadable=1)
+    monkeypatch.setattr(hot._proc, "scan", scan)
+    hot.root.mkdir()
+    for n in range(5):
+        (hot.root / f"{n}.dcm").write_bytes(b"x")
+    hot.rescan()
+    assert hot.ready(now=time.monotonic() + 1.0) == []  # not vouched for: quiet_s not over
+    assert len(calls) == 1 and hot.writer_check == "none"
+    assert len(hot.ready(now=time.monotonic() + 61.0)) == 5
+    assert len(calls) == 2
 
 
 def test_a_writer_that_comes_while_the_file_is_taken_gets_it_back(tmp_path):
