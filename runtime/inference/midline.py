@@ -31,11 +31,13 @@ depend on the decode resolution, JPEG noise or a grey level here and there):
      near-equal optima give a low value, which is exactly when a grey level could flip them;
    * strength = clip((S1 - 0.05) / 0.25, 0, 1): how symmetric the image is about the winner
      at all (an image with no mirror axis has no midline to find).
-   Thresholds (see REPORT.md): confidence < 0.35 warns, < 0.15 makes the image ineligible.
+   Thresholds: the bundle's intended use (``midline``; by default confidence < 0.35 warns, < 0.15
+   makes the image ineligible).
 
-``find_midline`` returns a :class:`Midline`: the column in ``pixels``, the confidence, and details
-that hold the scores and the head / shaft detections (in the columns of ``pixels``) that
-:mod:`.eligibility` reuses, so the content check costs no second pass over the image.
+``find_midline`` returns a :class:`Midline`: the column in ``pixels``, the confidence, and details:
+the symmetry at the axis and the field's proportions (read by :mod:`.eligibility`) and the
+work-resolution maps (``_work``: the smoothed image, the femoral-head and shaft profiles, the axis)
+that :mod:`.pelvis` measures the anatomy on, so the content check costs no second pass over the image.
 """
 
 from __future__ import annotations
@@ -61,15 +63,12 @@ RUNNER_UP_DIST = 0.06
 MARGIN_SCALE = 0.25
 STRENGTH = (0.05, 0.25)  # S1 at which strength starts, and the span to reach 1
 
-WARN_BELOW = 0.35
-REFUSE_BELOW = 0.15
-
 
 @dataclass
 class Midline:
     """Where the image is split: ``x`` (a column of the pixels it was found on), how sure
-    (``confidence``, 0..1), and the measurements behind it (``details``; keys starting with '_'
-    hold work-resolution maps that are not JSON)."""
+    (``confidence``, 0..1), and the measurements behind it (``details``; ``_work`` holds the
+    work-resolution maps, which are not JSON)."""
 
     x: int
     confidence: float
@@ -124,10 +123,9 @@ def box_mean(img: np.ndarray, r: int) -> np.ndarray:
 
 
 def _pair_max(profile: np.ndarray, rows: np.ndarray | None, q: np.ndarray, kmin: int, kmax: int,
-              row_tol: float) -> tuple[np.ndarray, np.ndarray]:
+              row_tol: float) -> np.ndarray:
     """For every axis q (pairs of columns i + j = q, q odd): max over mirrored pairs of
-    min(profile[i], profile[j]) at half-distance (j - i) / 2 in [kmin, kmax] columns.
-    Returns (score per q, best pair distance j - i per q)."""
+    min(profile[i], profile[j]) at half-distance (j - i) / 2 in [kmin, kmax] columns."""
     w = profile.size
     ks = np.arange(2 * kmin + 1, 2 * kmax + 2, 2)  # odd distances j - i
     i = (q[None, :] - ks[:, None]) // 2
@@ -138,10 +136,8 @@ def _pair_max(profile: np.ndarray, rows: np.ndarray | None, q: np.ndarray, kmin:
     if rows is not None:
         v = np.where(np.abs(rows[ic] - rows[jc]) <= row_tol, v, v - 0.5 * np.abs(v))
     v = np.where(valid, v, -np.inf)
-    best = v.argmax(axis=0)
-    score = v[best, np.arange(q.size)]
-    score = np.where(np.isfinite(score), score, 0.0)
-    return score.astype(np.float32), ks[best]
+    score = v.max(axis=0)
+    return np.where(np.isfinite(score), score, 0.0).astype(np.float32)
 
 
 def midline_of(pixels: np.ndarray) -> "Midline | None":
@@ -162,7 +158,7 @@ def find_midline(pixels: np.ndarray) -> Midline:
     sx = cols / w  # work column -> image column
     r0, r1, c0, c1 = field_box(small)
     fh, fw = r1 - r0, c1 - c0
-    details: dict = {"work_shape": (h, w), "field": (r0 * rows / h, r1 * rows / h, c0 * sx, c1 * sx)}
+    details: dict = {}
     if fw < 24 or fh < 16:
         details["reason"] = "no exposed field"
         return Midline(int(cols // 2), 0.0, details)
@@ -170,7 +166,6 @@ def find_midline(pixels: np.ndarray) -> Midline:
     lo, hi = np.percentile(f, (1.0, 99.0))
     if hi - lo < 8.0:
         details["reason"] = "no contrast"
-        details["contrast"] = float(hi - lo)
         return Midline(int(cols // 2), 0.0, details)
     g = np.clip((f - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     gs = box_mean(g, 1)
@@ -248,9 +243,9 @@ def find_midline(pixels: np.ndarray) -> Midline:
     sw = max(2, int(round(SHAFT_WIDTH * fw)))
     pp = np.pad(prof, sw, mode="edge")
     shaft_prof = prof - 0.5 * (pp[: fw] + pp[2 * sw :])
-    H, head_k = _pair_max(head_prof, head_row.astype(np.float32), q, int(HEAD_PAIR[0] * fw), int(HEAD_PAIR[1] * fw),
+    H = _pair_max(head_prof, head_row.astype(np.float32), q, int(HEAD_PAIR[0] * fw), int(HEAD_PAIR[1] * fw),
                           ROW_TOL * fh)
-    T, shaft_k = _pair_max(shaft_prof, None, q, int(SHAFT_PAIR[0] * fw), int(SHAFT_PAIR[1] * fw), 0)
+    T = _pair_max(shaft_prof, None, q, int(SHAFT_PAIR[0] * fw), int(SHAFT_PAIR[1] * fw), 0)
     axis = (q + 1) / 2.0  # axis position in field columns (between columns)
     prior = -W_PRIOR * ((axis - 0.5 * fw) / (0.35 * fw)) ** 2
     J = S + W_HEAD * np.maximum(H, 0.0) + W_SHAFT * np.maximum(T, 0.0) + prior
@@ -278,47 +273,10 @@ def find_midline(pixels: np.ndarray) -> Midline:
     confidence = round(margin * strength, 4)
     x_img = (c0 + axis_best) * sx
     midline_x = int(np.clip(round(x_img), 1, cols - 1))
-    # detections at the chosen axis, in image coordinates
-    kh = int(head_k[b])
-    ih, jh = (int(q[b]) - kh) // 2, (int(q[b]) + kh) // 2
-    ks = int(shaft_k[b])
-    is_, js = (int(q[b]) - ks) // 2, (int(q[b]) + ks) // 2
-    sy = rows / h
     details.update(
-        midline_x_float=float(x_img),
         symmetry=float(S[b]),
-        head_pair=float(H[b]),
-        shaft_pair=float(T[b]),
-        score=J1,
-        runner_up_x=float((c0 + axis[j2]) * sx) if j2 is not None else None,
-        runner_up_score=J2 if j2 is not None else None,
-        margin=margin,
-        strength=strength,
-        heads={
-            "image_left": {"x": (c0 + ih + 0.5) * sx, "y": (r0 + head_row[ih] + 0.5) * sy, "response": float(head_prof[ih])},
-            "image_right": {"x": (c0 + jh + 0.5) * sx, "y": (r0 + head_row[jh] + 0.5) * sy, "response": float(head_prof[jh])},
-        },
-        shafts={
-            "image_left": {"x": (c0 + is_ + 0.5) * sx, "response": float(shaft_prof[is_])},
-            "image_right": {"x": (c0 + js + 0.5) * sx, "response": float(shaft_prof[js])},
-        },
-        # best single-side evidence anywhere in each half (for "which side has no hip")
-        side_best={
-            side: {
-                "head": float(head_prof[sl].max()) if sl.stop > sl.start else 0.0,
-                "shaft": float(shaft_prof[sl].max()) if sl.stop > sl.start else 0.0,
-            }
-            for side, sl in (
-                ("image_left", slice(max(0, int(axis_best - HEAD_PAIR[1] * fw)), max(0, int(axis_best - HEAD_PAIR[0] * fw)))),
-                ("image_right", slice(min(fw, int(axis_best + HEAD_PAIR[0] * fw) + 1), min(fw, int(axis_best + HEAD_PAIR[1] * fw) + 1))),
-            )
-        },
-        field_fraction=float(fw * fh) / float(w * h),
-        # work-resolution maps for the content check (not JSON: eligibility strips keys starting with _)
-        _work={"g": gs, "blob": blob, "head_prof": head_prof, "head_row": head_row, "shaft_prof": shaft_prof,
-               "axis": float(axis_best), "field": (r0, r1, c0, c1), "scale": (sy, sx), "shaft_row0": sr0},
-        aspect=float(cols) / float(rows),
-        field_aspect=float(fw * sx) / float(fh * sy),
-        contrast=float(hi - lo),
+        field_aspect=float(fw * sx) / float(fh * (rows / h)),
+        # work-resolution maps for the content check (pelvis.pelvis_evidence, layout_patch)
+        _work={"g": gs, "head_prof": head_prof, "head_row": head_row, "shaft_prof": shaft_prof, "axis": float(axis_best)},
     )
     return Midline(midline_x, confidence, details)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from hipcad.runtime.imaging.decode import decode
-from hipcad.runtime.inference.midline import REFUSE_BELOW, WARN_BELOW, find_midline
+from hipcad.runtime.inference.midline import find_midline
+from hipcad.runtime.model.intended_use import DEFAULT_INTENDED_USE
 from tests.helpers import phantom, write_dicom
 
 SEED = 73121
@@ -43,7 +44,7 @@ def test_same_image_any_encoding_and_noise_gives_the_same_midline(phantoms, tmp_
         for name, decoded in _variants(pixels, tmp_path, index).items():
             midline = find_midline(decoded)
             found[name] = midline.x / decoded.shape[1]  # as a fraction of the width
-            assert midline.confidence >= WARN_BELOW, (index, name, midline.confidence)
+            assert midline.confidence >= DEFAULT_INTENDED_USE["midline"]["warn_below"], (index, name, midline.confidence)
         spread = max(found.values()) - min(found.values())
         assert spread <= 0.02, (index, found)
         assert abs(found["dicom"] - ph.midline_x / pixels.shape[1]) <= 0.02, (index, found, ph.midline_x)
@@ -64,7 +65,7 @@ def test_near_equal_optima_have_a_low_confidence(phantoms):
     """Three copies of a pelvis side by side: three equally good axes; no way to choose by anatomy."""
     pixels, _ = phantoms[1]
     triple = np.ascontiguousarray(np.hstack([pixels, pixels, pixels]))
-    assert find_midline(triple).confidence < REFUSE_BELOW
+    assert find_midline(triple).confidence < DEFAULT_INTENDED_USE["midline"]["refuse_below"]
 
 
 def test_featureless_and_degenerate_images_have_no_midline():
