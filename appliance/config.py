@@ -23,7 +23,7 @@ ENV_PREFIX = "HIPCAD_"
 # triton: a regional server (local_backend reads while it is unreachable)
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "triton")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-LOCAL_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+LOCAL_BACKENDS = tuple(b for b in BACKENDS if b != "triton")
 
 
 class ConfigError(HipcadError):
@@ -51,7 +51,7 @@ class Config:
     triton_cert: str = ""  # this box's client certificate (PEM), for mutual TLS
     triton_key: str = ""  # and its private key
     triton_retry_s: float = 30.0  # while reading locally, how often the server is tried again
-    local_backend: str = "auto"  # the box's own backend while the server is unreachable: auto | onnxruntime | tensorrt
+    local_backend: str = "auto"  # the box's own backend while the server is unreachable: one of LOCAL_BACKENDS
     polling: bool = False  # PollingObserver instead of inotify (network shares)
     poll_interval_s: float = 2.0
     rescan_interval_s: float = 60.0

@@ -28,8 +28,8 @@ from hipcad.runtime.tools.signing import rewrite_manifest
 MIN_HALVES = 20  # per class: fewer cannot pin a calibration down
 
 
-def calibrate(bundle, dataset, dataset_path: str, rows: list[dict], method: str, source: str) -> dict:
-    """The new manifest for ``bundle`` from evaluate's per-half ``rows`` of ``dataset``."""
+def calibrate(bundle, dataset_path: str, rows: list[dict], method: str, source: str) -> dict:
+    """The new manifest for ``bundle`` from evaluate's per-half ``rows`` of the dataset at ``dataset_path``."""
     y = np.array([r["truth"] for r in rows])
     d = np.array([r["logit"] for r in rows], dtype=np.float64)
     counts = {"fractured": int(y.sum()), "intact": int(len(y) - y.sum())}
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(args.dataset)
         with open_backend(args.backend, bundle) as backend:
             rows, failures, not_assessed = score_dataset(Pipeline(bundle, backend), dataset, progress=not args.json)
-        manifest = calibrate(bundle, dataset, args.dataset, rows, args.method, "hipcad calibrate")
+        manifest = calibrate(bundle, args.dataset, rows, args.method, "hipcad calibrate")
     except (HipcadError, ValueError) as err:
         print(f"hipcad calibrate: {err}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ import numpy as np
 
 from hipcad.runtime.durable import atomic_write
 from hipcad.runtime.errors import HipcadError
+from hipcad.runtime.evaluation.evaluate import FIGURES
 from hipcad.runtime.evaluation.figures import bars_png, forest_png, reliability_png
 from hipcad.runtime.evaluation.roc_plot import render_roc_png
 from hipcad.runtime.evaluation.stats import roc_curve
@@ -85,7 +86,7 @@ def figures(report: dict, rows: list[dict]) -> dict[str, str]:
                                  title="ROC of this site's halves", points=points, size=560)}
     paper = report["paper"]
     rows_fp = []
-    for key in ("accuracy", "sensitivity", "specificity", "f1", "auc"):
+    for key in FIGURES:
         rows_fp.append((f"{key} - this site", report[key]["value"], *report[key]["ci95"]))
         rows_fp.append((f"{key} - paper", paper[key]["value"], *paper[key]["ci95"], (130, 130, 130)))
     lowest = min([v for r in rows_fp for v in r[1:4] if v is not None] + [0.8])
@@ -150,7 +151,7 @@ def render_html(report: dict, images: dict[str, str], cases: list[dict]) -> str:
                       trim_blocks=True, lstrip_blocks=True)
     env.globals.update(num=num, ci=ci, ptr=pointer, val=lambda p: resolve(report, p))
     return env.get_template("report.html").render(
-        r=report, images=images, cases=cases, generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        r=report, figures=FIGURES, images=images, cases=cases, generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         shown_cases=sum(len(c["entries"]) for c in cases))
 
 
