@@ -129,27 +129,30 @@ class DecodePool:
             if self._count or self._closed:
                 return
             self._count += 1
+        forked = None
         if self.fork and fork_is_safe():
             try:
                 forked = Child(self.limits, self.decoder, self.warm, fork=True)
             except DecoderUnavailableError:
-                forked = None  # fork+exec below
-            if forked is not None:
-                if wait:
-                    self._add_idle(forked.ready())
-                else:
-                    self._spawner.submit(self._start_in_background, forked)
-                return
-        if wait:
-            try:
-                child = self._new_child()
-            except BaseException:
-                with self._cond:
-                    self._count -= 1
-                raise
-            self._add_idle(child)
-        else:
-            self._spawner.submit(self._start_in_background)
+                forked = None  # fork+exec instead
+        if not wait:
+            self._spawner.submit(self._start_in_background, forked)  # None: fork+exec there
+            return
+        try:
+            if forked is None:
+                child = self._new_child()  # counts its own start failures
+            else:
+                try:
+                    child = forked.ready()
+                except DecoderUnavailableError:
+                    self.stats["start_failures"] += 1
+                    raise
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify_all()
+            raise
+        self._add_idle(child)
 
     def close(self) -> None:
         """Stop every process now; a file being decoded ends in :class:`DecoderStoppedError`."""

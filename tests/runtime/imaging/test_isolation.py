@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hipcad.runtime.errors import BadInputError, DecoderStoppedError, InputTooLargeError
+from hipcad.runtime.errors import BadInputError, DecoderStoppedError, DecoderUnavailableError, InputTooLargeError
+from hipcad.runtime.imaging import isolation
 from hipcad.runtime.imaging.decode import decode
 from hipcad.runtime.imaging.isolation import DecodePool, InProcessDecoder, IsolationLimits
 from tests.fuzz import cases
@@ -275,3 +276,39 @@ def test_the_first_process_may_be_a_fork_and_its_replacements_are_not(files):
     assert report["out"][0] == [600, 800] and report["out"][2] == [300, 400]
     assert report["out"][1].startswith("the decoder crashed (signal 11, SIGSEGV)")
     assert report["first"] != report["now"]  # the forked process crashed and was replaced (by fork+exec)
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["wait", "background"])
+def test_a_first_forked_process_that_never_gets_ready_is_rolled_back(files, monkeypatch, wait):
+    """start(fork=True) whose forked process fails before its hello: the failure is counted, the
+    pool holds no phantom process, and the next file is decoded by a fork+exec process (with size=1
+    it would otherwise wait for ever)."""
+
+    class NoHelloWhenForked(isolation.Child):
+        def __init__(self, limits, decoder, warm, fork=False):
+            self.forked = fork
+            if not fork:
+                super().__init__(limits, decoder, warm)
+
+        def ready(self):
+            if self.forked:
+                raise DecoderUnavailableError("the decoding process could not be started (test)")
+            return super().ready()
+
+    monkeypatch.setattr(isolation, "Child", NoHelloWhenForked)
+    monkeypatch.setattr(isolation, "fork_is_safe", lambda: True)
+    with DecodePool(1, IsolationLimits(timeout_s=10), fork=True) as p:
+        if wait:
+            with pytest.raises(DecoderUnavailableError, match=r"could not be started \(test\)"):
+                p.start()
+        else:
+            p.start(wait=False)
+            deadline = time.monotonic() + 30
+            while p.status()["start_failures"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert p.status()["start_failures"] == 1 and p.pids() == []
+        box = {}
+        thread = threading.Thread(target=lambda: box.update(r=p.decode(files / "good.png")), daemon=True)
+        thread.start()
+        thread.join(60)
+        assert box["r"].pixels.shape == (600, 800) and len(p.pids()) == 1
