@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from hipcad.runtime.model.bundle import Bundle
 
 
+def in_batches(run, batch: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """``run`` (part -> outputs) over slices of ``batch`` of at most ``size``, each output joined
+    along the batch; one call when the batch fits (an engine or server built for batches up to
+    ``size`` never sees a larger one)."""
+    if len(batch) <= size:
+        return tuple(run(batch))
+    parts = [run(batch[i:i + size]) for i in range(0, len(batch), size)]
+    return tuple(np.concatenate(outputs) for outputs in zip(*parts))
+
+
 class Backend:
     #: registry name ("onnxruntime", "tensorrt", "torch", "triton")
     name: str = "base"

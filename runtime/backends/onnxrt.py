@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from hipcad.runtime.backends import tf32
-from hipcad.runtime.backends.base import Backend
+from hipcad.runtime.backends.base import Backend, in_batches
 from hipcad.runtime.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,9 @@ class OnnxRuntimeBackend(Backend):
                                    else "this onnxruntime has no use_tf32 option: its CUDA provider may use TF32")
 
     def infer_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.engine_cache is None or len(batch) <= self.max_batch:
-            return tuple(self.session.run(["logits", "cam"], {"image": batch}))
         # the TensorRT provider's engine covers batch 1..max_batch; a larger batch would rebuild it
-        parts = [self.session.run(["logits", "cam"], {"image": batch[i:i + self.max_batch]})
-                 for i in range(0, len(batch), self.max_batch)]
-        return tuple(np.concatenate(outputs) for outputs in zip(*parts))
+        size = self.max_batch if self.engine_cache is not None else len(batch)
+        return in_batches(lambda part: self.session.run(["logits", "cam"], {"image": part}), batch, size)
 
     def deactivate_impl(self) -> None:
         self.session = None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hipcad.runtime.backends.base import Backend
+from hipcad.runtime.backends.base import Backend, in_batches
 from hipcad.runtime.errors import BackendUnavailableError
 from hipcad.runtime.model.selftest import TOLERANCES
 
@@ -216,10 +216,7 @@ class TritonBackend(Backend):
 
     # -- inference --------------------------------------------------------------------------
     def infer_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        parts = [self._call(self._infer, batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(np.concatenate(outputs) for outputs in zip(*parts))
+        return in_batches(lambda part: self._call(self._infer, part), batch, self.max_batch)
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tc = self._tc

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hipcad.runtime.backends.base import Backend
+from hipcad.runtime.backends.base import Backend, in_batches
 from hipcad.runtime.backends.trt import builder as engine_build
 from hipcad.runtime.backends.trt import plan_cache as engine_cache
 from hipcad.runtime.backends.trt.builder import DEFAULT_WORKSPACE_MB, INPUT, OUTPUTS, PYCUDA_MISSING, TENSORRT_MISSING
@@ -98,8 +98,7 @@ class TensorRTBackend(Backend):
     def infer_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(batch) == 0:
             return np.zeros((0, 2), np.float32), np.zeros((0, *self._session.cam_hw), np.float32)
-        parts = [self._cuda.run(self._execute, batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
-        return tuple(np.concatenate(outputs) for outputs in zip(*parts))
+        return in_batches(lambda part: self._cuda.run(self._execute, part), batch, self.max_batch)
 
     def deactivate_impl(self) -> None:
         if self._cuda is not None:
