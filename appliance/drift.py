@@ -179,8 +179,7 @@ def summary(store, bundle, window_days: int = 14, recent: int = 100, history_day
     ref = reference_logits(bundle.manifest)
     ref_hist = histogram(ref) if ref is not None else None
     cal = bundle.calibration
-    cut = cal.temperature * (math.log(bundle.threshold / (1 - bundle.threshold)) - cal.bias) \
-        if 0 < bundle.threshold < 1 else (math.inf if bundle.threshold >= 1 else -math.inf)
+    cut = cal.log_odds(bundle.threshold) if 0 < bundle.threshold < 1 else (math.inf if bundle.threshold >= 1 else -math.inf)
     window = days[-window_days:]
     out = {"model": bundle.key, "window_days": window_days, "recent": recent, "history_days": history_days,
            "today": days[-1], "test": TEST, "alpha": ALPHA, "min_halves": MIN_HALVES, "edges": [float(e) for e in LOGIT_EDGES],

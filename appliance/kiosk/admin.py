@@ -3,7 +3,6 @@ worker's counts in the store against the configured bundle's reference (:mod:`hi
 
 from __future__ import annotations
 
-import math
 
 from flask import Blueprint, abort, jsonify
 
@@ -36,8 +35,7 @@ def _ticks(summary: dict, lo: int, hi: int, calibration) -> list[tuple[float, st
     edges = summary["edges"]
     ticks: list[tuple[float, str]] = []
     for p in TICKS:
-        position = (calibration.temperature * (math.log(p / (1 - p)) - calibration.bias) - edges[0]) \
-            / (edges[1] - edges[0]) + 1 - lo
+        position = (calibration.log_odds(p) - edges[0]) / (edges[1] - edges[0]) + 1 - lo
         if 0.5 <= position <= hi - lo - 0.5 and (not ticks or position - ticks[-1][0] >= 0.09 * (hi - lo)):
             ticks.append((position, f"{p * 100:g} %" if calibration.calibrated else f"{p:g}"))
     return ticks

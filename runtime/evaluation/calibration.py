@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from hipcad.runtime.evaluation.stats import proportion_ci
-from hipcad.runtime.inference.verdict import log_odds_probability
+from hipcad.runtime.inference.verdict import Calibration, log_odds_probability
 
 METHODS = ("temperature", "platt")
 N_BINS = 10
@@ -209,7 +209,7 @@ def convert_threshold(threshold: float, old: tuple[float, float], new: tuple[flo
     t = float(threshold)
     if not (0.0 < t < 1.0):
         return t
-    d = old[0] * (math.log(t / (1 - t)) - old[1])  # the log-odds at which the old threshold sits
+    d = Calibration(*old).log_odds(t)  # the log-odds at which the old threshold sits
     return float(log_odds_probability(d, *new))
 
 

@@ -63,6 +63,10 @@ class Calibration:
     def probability(self, logits: np.ndarray) -> np.ndarray:
         return fracture_probability(logits, self.temperature, self.bias)
 
+    def log_odds(self, p: float) -> float:
+        """The fracture log-odds ``l1 - l0`` at which the number shown is ``p`` (0 < p < 1)."""
+        return self.temperature * (math.log(p / (1 - p)) - self.bias)
+
 
 UNCALIBRATED = Calibration()
 
