@@ -45,6 +45,7 @@ from hipcad.runtime.errors import (
     DecoderUnavailableError,
     InputTooLargeError,
 )
+from hipcad.runtime.imaging.isolation_child import WARM_LEVELS
 from hipcad.runtime.imaging.isolation_process import Child, describe_exit, fork_is_safe
 from hipcad.runtime.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from hipcad.runtime.imaging.radiograph import Radiograph
@@ -69,8 +70,6 @@ class IsolationLimits:
 class InProcessDecoder:
     """:func:`~hipcad.runtime.imaging.decode.decode` in this process. A codec's BaseException becomes
     a :class:`BadInputError`; a segfault, a hang or a runaway allocation is not contained."""
-
-    isolated = False
 
     def decode(self, path, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None) -> Radiograph:
         from hipcad.runtime.imaging.decode import decode
@@ -103,13 +102,11 @@ class DecodePool:
     the main and only thread: ``hipcad predict``), inheriting the modules already imported; every
     other process by fork+exec."""
 
-    isolated = True
-
     def __init__(self, size: int = 1, limits: IsolationLimits = IsolationLimits(), decoder: str | None = None,
                  warm: str = "all", fork: bool = False) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
-        if warm not in ("none", "images", "all"):
+        if warm not in WARM_LEVELS:
             raise ValueError(f"warm must be none, images or all, not {warm!r}")
         self.size, self.limits, self.decoder, self.warm, self.fork = size, limits, decoder, warm, fork
         # every process is started from this one thread (PR_SET_PDEATHSIG follows the starting thread)
@@ -187,10 +184,8 @@ class DecodePool:
                 "memory_mb": self.limits.memory_mb, **self.stats}
 
     # -- decoding ---------------------------------------------------------------------------------
-    def decode(self, path, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None,
-               timeout: float | None = None) -> Radiograph:
+    def decode(self, path, limits: DecodeLimits = DEFAULT_LIMITS, min_side: int | None = None) -> Radiograph:
         job = json.dumps({"path": os.fspath(path), "limits": dataclasses.asdict(limits), "min_side": min_side}).encode()
-        timeout = self.limits.timeout_s if timeout is None else timeout
         child = self._acquire()
         healthy = False
         try:
@@ -204,7 +199,7 @@ class DecodePool:
                 child.conn.send_bytes(job)
             child.files += 1
             self.stats["files"] += 1
-            header, pixels = self._receive(child, timeout, limits)
+            header, pixels = self._receive(child, self.limits.timeout_s, limits)
             healthy = not header.get("leaving")
             self.stats["recycled"] += not healthy
             if header.get("ok"):
