@@ -8,14 +8,13 @@ when this backend is used; it needs torch >= 2.5 (``torch.export.passes.move_to_
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
 
 from hipcad.runtime.backends import tf32
 from hipcad.runtime.backends.base import Backend
-from hipcad.runtime.errors import BackendUnavailableError, BundleError
+from hipcad.runtime.errors import BackendUnavailableError
 
 
 class TorchBackend(Backend):
@@ -55,9 +54,7 @@ class TorchBackend(Backend):
             raise BackendUnavailableError(
                 f"bundle {self.bundle.path} has no PyTorch program (model.pt2); re-export it without --no-torch"
             )
-        data = self.bundle.read_member(self.bundle.manifest["torch"]["file"])  # files table, when signed
-        if hashlib.sha256(data).hexdigest() != self.bundle.manifest["torch"]["sha256"]:
-            raise BundleError(f"bundle {self.bundle.path}: {path.name} does not match its manifest; refusing to load it")
+        data = self.bundle.verified_member("torch")  # its manifest sha256 and, when signed, the files table
         program = torch.export.load(io.BytesIO(data))  # the bytes just checked
         if cuda:
             from torch.export.passes import move_to_device_pass

@@ -157,27 +157,37 @@ class Bundle:
     @cached_property
     def verified_onnx_bytes(self) -> bytes:
         """The ONNX file's bytes, after checking them against the manifest's sha256."""
-        data = self.read_member(self.manifest["onnx"]["file"])
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != self.onnx_sha256:
+        return self.verified_member("onnx")
+
+    def verified_member(self, key: str) -> bytes:
+        """The bytes of the member the manifest names under ``key`` (``onnx``, ``torch``), checked
+        against that entry's own sha256 as well as the files table; the file is read and hashed once."""
+        entry = self.manifest[key]
+        data, digest = self._read_checked(entry["file"])
+        if digest != entry.get("sha256"):
             raise BundleError(
-                f"bundle {self.path}: {self.onnx_path.name} does not match its manifest "
-                f"(sha256 {actual[:12]}..., manifest says {self.onnx_sha256[:12]}...); refusing to load it"
+                f"bundle {self.path}: {Path(entry['file']).name} does not match its manifest "
+                f"(sha256 {digest[:12]}..., manifest says {str(entry.get('sha256'))[:12]}...); refusing to load it"
             )
         return data
 
     def read_member(self, name: str) -> bytes:
         """A file of the bundle, read once and checked against the manifest's files table (when the
         bundle has one; a signed bundle always has): what was checked is what the caller gets."""
+        return self._read_checked(name)[0]
+
+    def _read_checked(self, name: str) -> tuple[bytes, str]:
+        """:meth:`read_member`, with the bytes' sha256."""
         data = signature.safe_member(self.path, name).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         if self.files or self.signature is not None:
             entry = self.files.get(name)
             if not isinstance(entry, dict):
                 raise BundleError(f"bundle {self.path}: {name} is not listed in the manifest's files; refusing it")
-            if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            if len(data) != entry.get("size") or digest != entry.get("sha256"):
                 raise BundleError(f"bundle {self.path}: {name} does not match its manifest (changed after it was "
                                   "signed?); refusing to load it")
-        return data
+        return data, digest
 
     def file(self, key: str) -> Path | None:
         """Path of an optional bundle member named in the manifest (e.g. ``selftest``), inside the bundle."""
