@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hipcad.runtime.imaging.dicom_display import GRAY
+from hipcad.runtime.imaging.frame_check import J2K_SYNTAXES
 
 if TYPE_CHECKING:
     from hipcad.runtime.imaging.dicom_read import ImageHeader
 
-J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
-                "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")  # HTJ2K
 MAX_THREADS = 4
 
 
