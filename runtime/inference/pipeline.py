@@ -53,16 +53,7 @@ class Pipeline:
         notice = bundle.notice
         self.banner = notice.banner if notice else None
         self.model_info = {
-            "name": bundle.name,
-            "label": bundle.label,
-            "synthetic_demo": bundle.synthetic_demo,
-            "trained": bundle.trained,
-            "verified": bundle.verified,
-            "operating_point": bundle.operating_point,
-            "threshold": self.threshold,
-            "calibrated": self.calibration.calibrated,
-            "temperature": self.calibration.temperature,
-            "bias": self.calibration.bias,
+            **bundle.identity(),
             "backend": backend.name,
             "device": backend.device,
             "precision": backend.precision,

@@ -206,22 +206,29 @@ class Bundle:
         self.file(key)
         return self.read_member(entry["file"])
 
-    def describe(self) -> dict:
+    def identity(self) -> dict:
+        """What every result says of the model that made it (with the backend's name, device and
+        precision added by the pipeline): name, label, notices, operating point, calibration."""
         return {
             "name": self.name,
-            "path": str(self.path),
-            "architecture": self.architecture,
-            "input_size": list(self.input_hw),
-            "precision": self.precision,
+            "label": self.label,
             "synthetic_demo": self.synthetic_demo,
             "trained": self.trained,
+            "verified": self.verified,
             "operating_point": self.operating_point,
             "threshold": self.threshold,
             "calibrated": self.calibration.calibrated,
             "temperature": self.calibration.temperature,
             "bias": self.calibration.bias,
-            "label": self.label,
-            "verified": self.verified,
+        }
+
+    def describe(self) -> dict:
+        return {
+            **self.identity(),
+            "path": str(self.path),
+            "architecture": self.architecture,
+            "input_size": list(self.input_hw),
+            "precision": self.precision,
             "signature": self.signature.public() if self.signature is not None else None,
         }
 
