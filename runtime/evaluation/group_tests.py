@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from hipcad.runtime.evaluation.paired_tests import fisher_exact
-from hipcad.runtime.evaluation.stats import _midrank
+from hipcad.runtime.evaluation.stats import delong_components
 
 
 def _gamma_q(a: float, x: float) -> float:
@@ -110,10 +110,7 @@ def proportions_test(successes, totals, n_resamples: int = 10000, seed: int = 0)
 
 def _components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """(AUC, V10 per positive, V01 per negative): DeLong's structural components (midranks)."""
-    m, n = pos.size, neg.size
-    tz = _midrank(np.concatenate([pos, neg]))
-    v10 = (tz[:m] - _midrank(pos)) / n  # per positive: share of negatives below it (ties 1/2)
-    v01 = 1.0 - (tz[m:] - _midrank(neg)) / m  # per negative: share of positives above it
+    v10, v01, _ = delong_components(pos, neg)
     return float(v10.mean()), v10, v01
 
 

@@ -228,15 +228,23 @@ def _midrank(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def delong_components(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeLong's structural components by the fast midrank algorithm (Sun & Xu 2014): per positive
+    the share of negatives scored below it, per negative the share of positives scored above it
+    (ties count 1/2); and the midranks of all the scores, positives first."""
+    m, n = pos.size, neg.size
+    tz = _midrank(np.concatenate([pos, neg]))
+    per_pos = (tz[:m] - _midrank(pos)) / n
+    per_neg = 1.0 - (tz[m:] - _midrank(neg)) / m
+    return per_pos, per_neg, tz
+
+
 def _delong(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    """(AUC, DeLong variance) by the fast midrank algorithm (Sun & Xu 2014). Needs both classes."""
+    """(AUC, DeLong variance) from :func:`delong_components`. Needs both classes."""
     pos, neg = s[y == 1], s[y == 0]
     m, n = pos.size, neg.size
-    tx, ty = _midrank(pos), _midrank(neg)
-    tz = _midrank(np.concatenate([pos, neg]))
+    v01, v10, tz = delong_components(pos, neg)
     auc = (tz[:m].sum() - m * (m + 1) / 2.0) / (m * n)
-    v01 = (tz[:m] - tx) / n  # per positive: fraction of negatives scored below it (ties 1/2)
-    v10 = 1.0 - (tz[m:] - ty) / m  # per negative: fraction of positives scored above it
     s01 = float(np.var(v01, ddof=1)) if m > 1 else 0.0
     s10 = float(np.var(v10, ddof=1)) if n > 1 else 0.0
     return float(auc), s01 / m + s10 / n
