@@ -79,7 +79,7 @@ def machine() -> dict:
         pass
     info = {"host": socket.gethostname(), "cpu": model, "cores": os.cpu_count(),
             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "memory_gib": _memory_gib(), "load_average_at_start": _load(), "python": platform.python_version(),
+            "memory_gib": _memory_gib(), "load_average_at_start": load_average(), "python": platform.python_version(),
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for package in ("hipcad", "onnxruntime", "numpy"):
         try:
@@ -99,7 +99,7 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _load() -> list[float] | None:
+def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -249,7 +249,7 @@ def _run(args, bundle, backend, pipeline, kinds, skipped, load_ms, out: Path) ->
             report["speedup_vs_baseline"] = round(report["baseline"]["e2e_ms"]["p50"] / report["e2e_ms"]["p50"], 1)
         except Exception as err:  # noqa: BLE001 - third-party code on any model: hipcad's figures still count
             report["baseline"] = {"error": f"the baseline could not run this model: {type(err).__name__}: {err}"}
-    report["machine"]["load_average_at_end"] = _load()
+    report["machine"]["load_average_at_end"] = load_average()
     return report
 
 

@@ -29,12 +29,22 @@ from collections import Counter
 from pathlib import Path
 
 from hipcad.runtime.errors import HipcadError
-from hipcad.runtime.tools.bench import identity_lines, machine, missing_modules, model_identity, pct, positive_int
+from hipcad.runtime.tools.bench import (
+    STAGES,
+    identity_lines,
+    load_average,
+    machine,
+    missing_modules,
+    model_identity,
+    pct,
+    positive_int,
+)
 from hipcad.runtime.tools.bench_drops import DELIVERIES, WATCH_JS, Source, deliver
 
 NEEDS = {"flask": "flask", "cheroot": "cheroot", "watchdog": "watchdog", "playwright": "playwright"}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+READING = STAGES[:-1]  # the worker's reading of one file, stage by stage (bench's stages less the total)
 WORKER_STAGES = ("detect_settle", "intake", "queue", "decode", "preprocess", "inference", "postprocess", "overlay",
                  "read_other", "store")
 PAGES = ("push", "poll")
@@ -123,7 +133,7 @@ def run(args, deliveries: list[str], root: Path) -> dict:
                 serial += 1
                 time.sleep(phase.uniform(0.0, POLL_PERIOD_S))
                 report["drops"].append(drop(box, screens, how, sources[name], serial, args.timeout))
-        report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["machine"]["load_average_at_end"] = load_average()
     report["failed_drops"] = [d for d in report["drops"] if d.get("error")]
     report["results"] = aggregate(report["drops"], pairs)
     return report
@@ -158,8 +168,8 @@ def stages(complete: float, item: dict, marks: dict) -> dict:
     read = ms(st["claimed_at"], st["read_at"])
     out = {"detect_settle": ms(complete, st.get("ready_at")), "intake": ms(st.get("ready_at"), st["received_at"]),
            "queue": ms(st["received_at"], st["claimed_at"]),
-           **{k: t.get(k) for k in ("decode", "preprocess", "inference", "postprocess", "overlay")},
-           "read_other": round(read - sum(t.get(k, 0.0) for k in ("decode", "preprocess", "inference", "postprocess", "overlay")), 1),
+           **{k: t.get(k) for k in READING},
+           "read_other": round(read - sum(t.get(k, 0.0) for k in READING), 1),
            "store": ms(st["read_at"], st["finished_at"]), "worker_ms": ms(complete, st["finished_at"])}
     finished_ms = st["finished_at"] * 1000.0
     for page, m in marks.items():
