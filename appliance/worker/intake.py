@@ -23,7 +23,7 @@ from hipcad.appliance.storage.files import SHA256_RE, DataDir, remove_quietly
 from hipcad.appliance.storage.store import Duplicate, Store
 from hipcad.appliance.worker.writers import StillOpenError, Taking
 from hipcad.runtime.durable import atomic_write, move_durable
-from hipcad.runtime.imaging.decode import sniff
+from hipcad.runtime.imaging.sniff import HEAD_BYTES, sniff
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def peek_sop_uid(path: Path) -> str | None:
 
     try:
         with open(path, "rb") as fh:
-            if sniff(fh.read(132)) != "dicom":
+            if sniff(fh.read(HEAD_BYTES)) != "dicom":
                 return None
             ts, start = dataset_start(fh)
             if ts is None:

@@ -16,7 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
-from hipcad.runtime.imaging.decode import sniff
+from hipcad.runtime.imaging.sniff import HEAD_BYTES, sniff
 
 DELIVERIES = ("rename", "close", "cstore")
 CALLING_AE = "HIPCADBENCH"
@@ -28,7 +28,7 @@ class Source:
     def __init__(self, name: str, path: Path) -> None:
         self.name, self.path = name, path
         with open(path, "rb") as fh:
-            self.format = sniff(fh.read(132))
+            self.format = sniff(fh.read(HEAD_BYTES))
         if self.format not in ("dicom", "jpeg", "png"):
             raise ValueError(f"{path.name}: not a DICOM, JPEG or PNG file")
         self.suffix = {"dicom": ".dcm", "jpeg": ".jpg", "png": ".png"}[self.format]
