@@ -62,7 +62,7 @@ system-deps: base-deps
 demo: setup
 	$(VENV)/bin/hipcad demo
 
-test: setup system-deps triton-env sbom
+test: setup system-deps triton-env
 	HIPCAD_TRITON_ENV=$(abspath $(TRITON_VENV)) $(PY) -m pytest
 
 # The device install's hashed lock (x86_64 Linux, CPython 3.11: Debian 12's python3): the runtime and
